@@ -1,0 +1,62 @@
+"""Atomic checkpoint writes and finding the checkpoint to resume from."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, but a file appears only when complete.
+
+    The checkpoint is written to a temporary file in the target folder, flushed to disk, then
+    renamed over the destination with ``os.replace`` (atomic on POSIX), so a run killed mid-write
+    leaves the previous checkpoint intact instead of a truncated one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def find_resume_checkpoint(ckpt_path: str | None, output_dir: Path, search_root: Path | None) -> str | None:
+    """Resolve ``ckpt_path``: an explicit file, ``null`` (start fresh) or ``auto``.
+
+    ``auto`` takes ``last.ckpt`` of this run directory if it exists, else that of the newest
+    unfinished run (no ``report.json``) under ``search_root`` launched with the same overrides.
+    """
+    if ckpt_path in (None, "", "none"):
+        return None
+    if ckpt_path != "auto":
+        return ckpt_path
+    own = output_dir / "checkpoints" / "last.ckpt"
+    if own.is_file():
+        return str(own)
+    if search_root is None or not search_root.is_dir():
+        return None
+    overrides = output_dir / ".hydra" / "overrides.yaml"
+    mine = overrides.read_text() if overrides.is_file() else None
+    candidates = []
+    for last in search_root.glob("**/checkpoints/last.ckpt"):
+        run = last.parent.parent
+        if run == output_dir or (run / "report.json").exists():
+            continue
+        theirs = run / ".hydra" / "overrides.yaml"
+        if mine is not None and theirs.is_file() and theirs.read_text() == mine:
+            candidates.append(last)
+    return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None

@@ -1,0 +1,168 @@
+"""GLUE data module: local GLUE TSVs (offline) or ``nyu-mll/glue`` from the hub; cached tokenization."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from distill.data.tasks import HUB_TEXT_COLUMNS, TaskSpec, get_task
+from distill.data.tsv import read_glue_tsv, task_file
+from distill.errors import ConfigError
+
+SPLITS = {"train": "train", "dev": "validation"}
+SOURCES = ("auto", "local", "hub")
+
+
+class GLUEDataModule(L.LightningDataModule):
+    """Tokenized GLUE train/dev sets with per-batch dynamic padding.
+
+    Batches are dicts of ``input_ids``/``attention_mask``/``token_type_ids`` (B, T) int64, padded to the
+    longest example of the batch, and ``labels`` (B,) int64 (classification) or float32 (regression).
+
+    Args:
+        task: GLUE task name (``sst2``, ``cola``, ``mrpc``, ``rte``, ``stsb``).
+        data_dir: folder holding GLUE task folders (``SST-2/`` ...) in the original TSV layouts.
+        source: ``local`` reads ``data_dir``; ``hub`` loads ``nyu-mll/glue`` with ``datasets``; ``auto``
+            uses ``data_dir`` when it is set, the hub otherwise.
+        tokenizer: name or path of the (teacher's) tokenizer; usually set by the pipeline.
+        max_train_samples / max_eval_samples: cap on examples (a seeded random subset), ``None`` for all.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        data_dir: str | None = None,
+        source: str = "auto",
+        tokenizer: str | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        subset_seed: int = 0,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec: TaskSpec = get_task(task)
+        if source not in SOURCES:
+            raise ConfigError(f"data.source={source!r} is not allowed; use one of {', '.join(SOURCES)}.")
+        for key, value in (("data.max_train_samples", max_train_samples), ("data.max_eval_samples", max_eval_samples)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}={value} must be a positive number of examples or null for all.")
+        if max_length < 8:
+            raise ConfigError(f"data.max_length={max_length} must be at least 8 tokens.")
+        self.data_dir = data_dir
+        self.source = "local" if source == "auto" and data_dir else ("hub" if source == "auto" else source)
+        self.tokenizer_name = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.max_train_samples = max_train_samples
+        self.max_eval_samples = max_eval_samples
+        self.subset_seed = subset_seed
+        self.num_workers = num_workers
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self.datasets: dict[str, Any] = {}
+
+    # ---- properties used by the pipeline -------------------------------------------------------
+    @property
+    def num_labels(self) -> int:
+        return self.spec.num_labels
+
+    @property
+    def is_regression(self) -> bool:
+        return self.spec.is_regression
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            if self.tokenizer_name is None:
+                raise ConfigError("data.tokenizer is not set; the pipeline sets it to the teacher's tokenizer.")
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name)
+        return self._tokenizer
+
+    def check_files(self) -> None:
+        """Raise ``DataError`` now if a local split file is missing (cheap; called before heavy work)."""
+        if self.source == "local":
+            for split in SPLITS:
+                task_file(self.data_dir, self.spec, split)
+
+    # ---- loading -------------------------------------------------------------------------------
+    def _raw_split(self, split: str) -> dict[str, list]:
+        if self.source == "local":
+            return read_glue_tsv(task_file(self.data_dir, self.spec, split), self.spec)
+        import datasets
+
+        ds = datasets.load_dataset("nyu-mll/glue", self.spec.hub_config, split=SPLITS[split])
+        cols = HUB_TEXT_COLUMNS[self.spec.name]
+        out = {"text_a": list(ds[cols[0]]), "label": list(ds["label"])}
+        if len(cols) == 2:
+            out["text_b"] = list(ds[cols[1]])
+        return out
+
+    def _cache_file(self, split: str, n: int | None) -> str | None:
+        if self.cache_dir is None:
+            return None
+        vocab = json.dumps(sorted(self.tokenizer.get_vocab().items())[:: max(1, len(self.tokenizer) // 512)])
+        key = json.dumps([self.spec.name, split, self.source, str(self.data_dir), self.tokenizer_name,
+                          hashlib.sha1(vocab.encode()).hexdigest(), self.max_length, n, self.subset_seed])
+        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+        path = self.cache_dir / "tokenized" / f"{self.spec.name}-{split}-{digest}.arrow"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def load_split(self, split: str, limit: int | None = None):
+        """Tokenized ``datasets.Dataset`` of ``split`` (``train`` or ``dev``), cached on disk by content key."""
+        import datasets
+
+        raw = datasets.Dataset.from_dict(self._raw_split(split))
+        if limit is not None and limit < len(raw):
+            raw = raw.shuffle(seed=self.subset_seed).select(range(limit))
+        tok = self.tokenizer
+        pair = "text_b" in raw.column_names
+
+        def encode(batch: dict[str, list]) -> dict[str, list]:
+            args = (batch["text_a"], batch["text_b"]) if pair else (batch["text_a"],)
+            enc = tok(*args, truncation=True, max_length=self.max_length)
+            enc["labels"] = batch["label"]
+            return enc
+
+        cache = self._cache_file(split, limit)
+        ds = raw.map(encode, batched=True, remove_columns=raw.column_names, cache_file_name=cache,
+                     load_from_cache_file=cache is not None, desc=f"tokenize {self.spec.name}/{split}")
+        ds.set_format("torch")
+        return ds
+
+    def setup(self, stage: str | None = None) -> None:
+        if "train" not in self.datasets and stage in (None, "fit"):
+            self.datasets["train"] = self.load_split("train", self.max_train_samples)
+        if "dev" not in self.datasets:
+            self.datasets["dev"] = self.load_split("dev", self.max_eval_samples)
+
+    # ---- loaders -------------------------------------------------------------------------------
+    def _collate(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")(features)
+        batch["labels"] = batch["labels"].float() if self.is_regression else batch["labels"].long()
+        return batch
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle,
+                          collate_fn=self._collate, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("dev", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

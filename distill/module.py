@@ -1,0 +1,140 @@
+"""Lightning modules: supervised fine-tuning (``TaskModule``) and distillation (``DistillationModule``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from distill.data.tasks import TaskSpec
+from distill.losses import DistillationObjective, HardLabelLoss
+from distill.metrics import build_metrics, predictions
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class TaskModule(L.LightningModule):
+    """Trains ``student`` (any HF sequence classifier) on a GLUE task with an objective; evaluates on dev.
+
+    Used alone (with a hard-label objective) to fine-tune a teacher; subclassed for distillation.
+    ``optimizer`` and ``scheduler`` are ``_partial_`` factories: ``optimizer(params)`` and
+    ``scheduler(optimizer, total_steps=...)``.
+    """
+
+    def __init__(
+        self,
+        student: PreTrainedModel,
+        task: TaskSpec,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        objective: DistillationObjective | None = None,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.task = task
+        self.objective = objective if objective is not None else DistillationObjective(hard=HardLabelLoss(), alpha=0.0)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.val_metrics = build_metrics(task).clone(prefix="val/")
+
+    # ---- forward -------------------------------------------------------------------------------
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+    def student_forward(self, batch: dict[str, torch.Tensor]):
+        need = self.objective.requires
+        return self.student(
+            **self._inputs(batch),
+            output_hidden_states="hidden_states" in need,
+            output_attentions="attentions" in need,
+        )
+
+    def teacher_forward(self, batch: dict[str, torch.Tensor]):
+        return None
+
+    # ---- steps ---------------------------------------------------------------------------------
+    def _total_steps(self) -> int:
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        return int(total) if total != float("inf") else 1
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        teacher_out = self.teacher_forward(batch)
+        student_out = self.student_forward(batch)
+        loss, parts = self.objective(student_out, teacher_out, batch, self.global_step, self._total_steps())
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "loss"}, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self.student(**self._inputs(batch)).logits  # (B, C)
+        self.val_metrics.update(predictions(logits, self.task.is_regression), batch["labels"])
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.log_dict(values, prog_bar=True)
+        self.log("val/score", values[f"val/{self.task.main_metric}"])
+        self.val_metrics.reset()
+
+    # ---- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self._total_steps())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class DistillationModule(TaskModule):
+    """Distils a frozen ``teacher`` into ``student`` with ``objective``.
+
+    The teacher is frozen, kept in eval mode and run under ``torch.no_grad()``; its weights are not
+    written into checkpoints (the run config says how to rebuild it), so a checkpoint holds the
+    student, the objective's learnable parts (e.g. projections) and the optimizer state only.
+    """
+
+    def __init__(self, student: PreTrainedModel, teacher: PreTrainedModel, task: TaskSpec, **kwargs: Any) -> None:
+        super().__init__(student, task, **kwargs)
+        self.teacher = teacher
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        for term in (self.objective.soft, self.objective.hard, *self.objective.terms.values()):
+            attach = getattr(term, "attach", None)
+            if callable(attach):
+                attach(self.student, self.teacher)
+
+    def train(self, mode: bool = True) -> DistillationModule:
+        super().train(mode)
+        self.teacher.eval()  # dropout stays off in the teacher whatever Lightning toggles
+        return self
+
+    @torch.no_grad()
+    def teacher_forward(self, batch: dict[str, torch.Tensor]):
+        if not self.objective.needs_teacher:
+            return None
+        need = self.objective.requires
+        return self.teacher(
+            **self._inputs(batch),
+            output_hidden_states="hidden_states" in need,
+            output_attentions="attentions" in need,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("teacher.")]:
+            del state[key]
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False):
+        # Checkpoints carry no teacher weights: take them from the live (frozen) teacher.
+        merged = dict(state_dict)
+        for key, value in self.teacher.state_dict(prefix="teacher.").items():
+            merged.setdefault(key, value)
+        return super().load_state_dict(merged, strict=strict, assign=assign)
+
+    def teacher_parameters(self) -> list[nn.Parameter]:
+        return list(self.teacher.parameters())

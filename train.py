@@ -1,0 +1,30 @@
+"""Hydra entry point: ``python train.py student=tiny data=sst2 ...`` (see README.md and conf/)."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from distill.errors import DistillError
+from distill.resolvers import register
+
+register()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from distill.train import run
+
+    try:
+        metrics, _ = run(cfg)
+    except DistillError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    value = metrics.get(cfg.optimized_metric)
+    return float(value) if value is not None else None
+
+
+if __name__ == "__main__":
+    main()
