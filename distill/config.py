@@ -13,21 +13,34 @@ from distill.errors import ConfigError, DistillError
 STAGES = ("teacher", "distill", "eval")
 
 
-def build(node: Any, key: str, **kwargs: Any) -> Any:
+def build(node: Any, key: str, **objects: Any) -> Any:
     """``hydra.utils.instantiate`` that turns a failure into one sentence naming the config key.
 
-    Our own ``DistillError``s raised inside constructors are passed through unchanged.
+    Live objects (models, configs, modules) are passed to the constructor directly, not merged into
+    the config, so OmegaConf never tries to convert them. Our own ``DistillError``s raised inside
+    constructors pass through unchanged.
     """
     try:
-        return instantiate(node, **kwargs)
+        if not objects:
+            return instantiate(node)
+        factory = instantiate(node, _partial_=True)
     except InstantiationException as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, DistillError) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, DistillError):
-            raise cause from None
-        reason = str(cause or err).strip().splitlines()[-1] if str(cause or err).strip() else type(err).__name__
-        raise ConfigError(f"{key} could not be built: {reason}") from None
+        raise _as_config_error(err, key) from None
+    try:
+        return factory(**objects)
+    except TypeError as err:
+        raise ConfigError(f"{key} could not be built: {err}") from None
+
+
+def _as_config_error(err: Exception, key: str) -> DistillError:
+    cause = err.__cause__
+    while cause is not None and not isinstance(cause, DistillError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, DistillError):
+        return cause
+    text = str(cause or err).strip()
+    reason = text.splitlines()[-1] if text else type(err).__name__
+    return ConfigError(f"{key} could not be built: {reason}")
 
 
 def validate(cfg: DictConfig) -> None:

@@ -36,11 +36,11 @@ def build_datamodule(cfg: DictConfig, tokenizer: str) -> GLUEDataModule:
 
 def build_trainer(cfg: DictConfig, output_dir: Path, *, with_callbacks: bool = True, **overrides: Any) -> L.Trainer:
     """Lightning Trainer from ``cfg.trainer`` with the configured callbacks and loggers and atomic checkpoints."""
-    callbacks = [build(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items()] if with_callbacks else []
+    callbacks = [build(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items() if node] if with_callbacks else []
     quant_cb = cfg.get("quant", {}).get("callback") if with_callbacks else None
     if quant_cb:
         callbacks.append(build(quant_cb, "quant.callback"))
-    loggers = [build(node, f"logger.{name}") for name, node in (cfg.logger or {}).items()] if with_callbacks else []
+    loggers = [build(node, f"logger.{name}") for name, node in (cfg.logger or {}).items() if node] if with_callbacks else []
     has_ckpt = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
     kwargs = dict(callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
                   enable_checkpointing=has_ckpt, default_root_dir=str(output_dir))
