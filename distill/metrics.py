@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, BinaryMatthewsCorrCoef, MulticlassAccuracy
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryF1Score,
+    BinaryMatthewsCorrCoef,
+    MulticlassAccuracy,
+)
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
 from distill.data.tasks import TaskSpec

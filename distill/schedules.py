@@ -126,7 +126,9 @@ class Step:
         milestone_steps: Sequence[int] | None = None,
     ) -> None:
         if (milestones is None) == (milestone_steps is None):
-            raise ConfigError("Step needs exactly one of milestones= (fractions) or milestone_steps= (steps).")
+            raise ConfigError(
+                "Step needs exactly one of milestones= (fractions) or milestone_steps= (steps)."
+            )
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
             raise ConfigError(f"Step.values={values!r} must be a non-empty list of numbers.")
         self.values = [_number(v, f"Step.values[{i}]") for i, v in enumerate(values)]
@@ -141,7 +143,7 @@ class Step:
                 f"Step.values has {len(self.values)} entries but {key} has {len(self.marks)}; "
                 "values needs one more entry than milestones."
             )
-        if any(b <= a for a, b in zip(self.marks, self.marks[1:])):
+        if any(b <= a for a, b in zip(self.marks[:-1], self.marks[1:], strict=True)):
             raise ConfigError(f"{key}={self.marks} must be strictly increasing.")
         if self.by_steps and any(m <= 0 or m != int(m) for m in self.marks):
             raise ConfigError(f"{key}={self.marks} must be positive whole step numbers.")
@@ -173,8 +175,12 @@ class Warmup:
         self.value = _number(value, "Warmup.value")
         self.start = _number(start, "Warmup.start")
         if (warmup_fraction is None) == (warmup_steps is None):
-            raise ConfigError("Warmup needs exactly one of warmup_fraction= or warmup_steps=; got both or neither.")
-        self.fraction = None if warmup_fraction is None else _number(warmup_fraction, "Warmup.warmup_fraction")
+            raise ConfigError(
+                "Warmup needs exactly one of warmup_fraction= or warmup_steps=; got both or neither."
+            )
+        self.fraction = (
+            None if warmup_fraction is None else _number(warmup_fraction, "Warmup.warmup_fraction")
+        )
         self.steps = None if warmup_steps is None else _number(warmup_steps, "Warmup.warmup_steps")
         if self.fraction is not None and not 0.0 <= self.fraction <= 1.0:
             raise ConfigError(f"Warmup.warmup_fraction={self.fraction} must be in [0, 1].")

@@ -6,6 +6,7 @@ point (``train.py`` at the repo root) only calls :func:`run`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -22,6 +23,7 @@ from distill.config import build, check_pair, check_tokenizers, validate
 from distill.data.glue import GLUEDataModule
 from distill.models.teacher import cache_key, load_classifier, load_config, publish_dir
 from distill.module import DistillationModule, TaskModule
+from distill.optim import linear_warmup_decay
 from distill.report import format_table, measure_speed, model_entry, with_ratios, write_report
 
 log = logging.getLogger("distill")
@@ -41,6 +43,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, *, with_callbacks: bool = T
     if quant_cb:
         callbacks.append(build(quant_cb, "quant.callback"))
     loggers = [build(node, f"logger.{name}") for name, node in (cfg.logger or {}).items() if node] if with_callbacks else []
+    if not loggers:  # LearningRateMonitor refuses to run without a logger (logger=none)
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     has_ckpt = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
     kwargs = dict(callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
                   enable_checkpointing=has_ckpt, default_root_dir=str(output_dir))
@@ -86,7 +90,7 @@ def prepare_teacher(cfg: DictConfig, dm: GLUEDataModule) -> tuple[str, dict[str,
     module = TaskModule(
         model, dm.spec,
         optimizer=lambda p: torch.optim.AdamW(p, lr=args["lr"], weight_decay=args["weight_decay"]),
-        scheduler=build(cfg.scheduler, "scheduler", warmup_ratio=args["warmup_ratio"]),
+        scheduler=functools.partial(linear_warmup_decay, warmup_ratio=args["warmup_ratio"]),
     )
     with tempfile.TemporaryDirectory(dir=Path(cfg.paths.cache_dir)) as work:
         trainer = build_trainer(cfg, Path(work), with_callbacks=False, max_epochs=args["max_epochs"],

@@ -5,10 +5,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import CONF
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF
 from distill.config import build
 from distill.data.glue import GLUEDataModule
 from distill.losses import DistillationObjective

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import SHARED_GLUE, make_tokenizer
+
 from distill.data.glue import GLUEDataModule
 from distill.data.tasks import TASKS, get_task
 from distill.data.tsv import read_glue_tsv, task_file

@@ -3,10 +3,10 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from distill.config import check_pair
+from distill.data.tasks import get_task
 from distill.errors import ConfigError
 from distill.models.student import bert_student, count_parameters, distil_student, pretrained_student
 from distill.models.teacher import cache_key, load_classifier
-from distill.data.tasks import get_task
 
 
 def _teacher(layers=4, hidden=32, vocab=50, labels=2):

@@ -1,0 +1,174 @@
+"""End-to-end runs of train.py on tiny models and fixtures: outputs, teacher cache, eval, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, fast_overrides, make_tiny_bert
+from transformers import pipeline
+
+from distill.train import run
+
+
+def test_distill_run_leaves_checkpoints_student_and_report(make_cfg, tmp_path):
+    metrics, _ = run(make_cfg())
+    out = tmp_path / "run"
+    assert {"best.ckpt", "last.ckpt"} <= {p.name for p in (out / "checkpoints").iterdir()}
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["state_dict"] and not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["model"]: r for r in report["models"]}
+    assert set(rows) == {"teacher", "student"}
+    assert rows["student"]["retention"] == pytest.approx(rows["student"]["score"] / rows["teacher"]["score"])
+    assert metrics["student_score"] == rows["student"]["score"]
+    # the shipped student loads with plain transformers and scores what the report says
+    clf = pipeline("text-classification", model=str(out / "student"), device=-1)
+    assert rows["student"]["parameters"] == sum(p.numel() for p in clf.model.parameters())
+    dev = [line.split("\t") for line in (Path(make_cfg().paths.data_dir) / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
+    preds = [int(p["label"].split("_")[-1]) for p in clf([s for s, _ in dev])]
+    acc = sum(p == int(y) for p, (_, y) in zip(preds, dev)) / len(dev)
+    assert acc == pytest.approx(rows["student"]["score"])
+
+
+def test_teacher_is_finetuned_once_then_reused(make_cfg, tmp_path, caplog):
+    base = ["teacher.finetune=true", "teacher.finetune_args.max_epochs=1", "stage=teacher"]
+    metrics, objs = run(make_cfg(*base, output="t1"))
+    cached = Path(objs["teacher_path"])
+    assert (cached / "config.json").is_file() and (cached / "distill_teacher.json").is_file()
+    assert "teacher_accuracy" in metrics
+    stamp = (cached / "model.safetensors").stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="distill"):
+        _, again = run(make_cfg(*base, output="t2"))
+    assert again["teacher_path"] == str(cached) and "Reusing the fine-tuned teacher" in caplog.text
+    assert (cached / "model.safetensors").stat().st_mtime_ns == stamp
+    _, other = run(make_cfg(*base, "teacher.finetune_args.lr=3e-4", output="t3"))
+    assert other["teacher_path"] != str(cached)  # different settings, different cache entry
+
+
+def test_eval_stage_reports_saved_student(make_cfg, tmp_path, tiny_teacher):
+    run(make_cfg())
+    student = tmp_path / "run" / "student"
+    metrics, objs = run(make_cfg("stage=eval", f"eval.model_path={student}", f"eval.teacher_path={tiny_teacher}",
+                                 output="eval"))
+    first = json.loads((tmp_path / "run" / "report.json").read_text())
+    second = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert second["models"][1]["score"] == first["models"][1]["score"]
+    assert "student_retention" in metrics
+
+
+def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path):
+    run(make_cfg("trainer.max_epochs=1"))
+    first = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    (tmp_path / "run" / "report.json").unlink()  # as if killed before finishing
+    run(make_cfg("trainer.max_epochs=2"))  # ckpt_path=auto finds this run's last.ckpt
+    second = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert second["epoch"] > first["epoch"]
+    assert second["global_step"] == 2 * first["global_step"]
+
+
+def _cli(args, env_extra=None, cwd=ROOT, **kw):
+    env = {**os.environ, "TRITON_INTERPRET": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_automatically(glue_dir, tiny_teacher, tmp_path):
+    """SIGKILL a CLI run after its first checkpoint; the same command again resumes it."""
+    args = [*fast_overrides(glue_dir, tiny_teacher, tmp_path / "cache"), f"paths.log_dir={tmp_path / 'logs'}",
+            "data.max_train_samples=40", "data.batch_size=2", "trainer.max_epochs=3", "logger=none",
+            "+callbacks.model_checkpoint.every_n_train_steps=5", "student=tiny"]
+    proc = _cli(args)
+    deadline = time.time() + 240
+    while not list((tmp_path / "logs").glob("**/checkpoints/last.ckpt")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (killed_ckpt,) = list((tmp_path / "logs").glob("**/checkpoints/last.ckpt"))
+    step_killed = torch.load(killed_ckpt, weights_only=False)["global_step"]
+    assert not (killed_ckpt.parent.parent / "report.json").exists()
+    time.sleep(1.1)  # a new timestamped run folder
+    out, err = _cli(args).communicate(timeout=300)
+    assert "Resuming from" in err + out, err[-2000:]
+    reports = list((tmp_path / "logs").glob("**/report.json"))
+    assert len(reports) == 1
+    final = torch.load(reports[0].parent / "checkpoints" / "last.ckpt", weights_only=False)
+    assert final["global_step"] == 60 and step_killed >= 5
+
+
+BAD_INPUTS = [
+    (["loss.temperature=0"], "loss.temperature must be > 0"),
+    (["loss.alpha=1.5"], "loss.alpha must be in [0, 1]"),
+    (["stage=serve"], "stage='serve' is not allowed; use one of teacher, distill, eval"),
+    (["paths.data_dir=/nonexistent/glue"], "has no SST-2/ folder"),
+    (["data=stsb"], "has 2 labels but task 'stsb' needs 1"),
+    (["teacher.name_or_path=/nonexistent/model"], "teacher.name_or_path='/nonexistent/model' is not a local model"),
+    (["data.max_train_samples=-3"], "data.max_train_samples=-3 must be a positive number"),
+    (["student.hidden_size=100", "student.num_attention_heads=3"], "must be divisible by"),
+]
+
+
+def _main_in_process(args, monkeypatch, capsys):
+    """Run ``train.py`` in this process (as the CLI does) and return (exit code, stderr)."""
+    import importlib.util
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["train.py", *args])
+    # named __main__ so that Hydra finds conf/ next to train.py, exactly as `python train.py` does
+    spec = importlib.util.spec_from_file_location("__main__", ROOT / "train.py")
+    with pytest.raises(SystemExit) as exc:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    GlobalHydra.instance().clear()
+    return exc.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[m[:24] for _, m in BAD_INPUTS])
+def test_bad_input_gives_one_sentence_and_exit_2(glue_dir, tiny_teacher, tmp_path, overrides, message,
+                                                  monkeypatch, capsys):
+    args = [*fast_overrides(glue_dir, tiny_teacher, tmp_path / "cache"), f"paths.log_dir={tmp_path}", *overrides]
+    code, err = _main_in_process(args, monkeypatch, capsys)
+    assert code == 2, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and message in lines[0], err[-2000:]
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("**/checkpoints"))  # stopped before any training
+
+
+def test_malformed_tsv_row_names_file_and_line(glue_dir, tiny_teacher, tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "glue"
+    (bad / "SST-2").mkdir(parents=True)
+    (bad / "SST-2" / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbroken row without label\n")
+    (bad / "SST-2" / "dev.tsv").write_text("sentence\tlabel\ngood\t1\n")
+    code, err = _main_in_process([*fast_overrides(bad, tiny_teacher, tmp_path / "cache"), f"paths.log_dir={tmp_path}"],
+                                 monkeypatch, capsys)
+    assert code == 2
+    assert f"error: {bad / 'SST-2' / 'train.tsv'}:3: malformed row" in err
+
+
+def test_unknown_preset_is_named_with_options(tmp_path):
+    proc = _cli(["student=huge", f"paths.log_dir={tmp_path}"])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "Could not find 'student/huge'" in err and "tiny" in err and "Traceback" not in err
+
+
+def test_mismatched_student_vocab_is_refused(glue_dir, tiny_teacher, tmp_path, monkeypatch, capsys):
+    other = tmp_path / "other"
+    make_tiny_bert(other, layers=1)
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    AutoModelForSequenceClassification.from_config(BertConfig(vocab_size=999, hidden_size=16, num_hidden_layers=1,
+                                                              num_attention_heads=2, intermediate_size=32)).save_pretrained(other)
+    code, err = _main_in_process([*fast_overrides(glue_dir, tiny_teacher, tmp_path / "cache"), f"paths.log_dir={tmp_path}",
+                                  "student=pretrained", f"student.name_or_path={other}"], monkeypatch, capsys)
+    assert code == 2 and "student vocabulary (999 tokens) does not match the teacher's" in err
