@@ -56,6 +56,10 @@ class TaskModule(L.LightningModule):
     def teacher_forward(self, batch: dict[str, torch.Tensor]):
         return None
 
+    def on_fit_start(self) -> None:
+        # from_pretrained returns models in eval mode and Lightning keeps modules' modes: turn dropout on.
+        self.student.train()
+
     # ---- steps ---------------------------------------------------------------------------------
     def _total_steps(self) -> int:
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1

@@ -6,6 +6,7 @@ point (``train.py`` at the repo root) only calls :func:`run`.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -153,8 +154,34 @@ def run_distill(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, Any], dict
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
     if best and Path(best).is_file():
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    trained = student
+    if cfg.quant.mode != "none":
+        from distill.quant import is_qat_prepared, strip_fake_quant
+
+        if is_qat_prepared(student):  # the shipped fp32 student is the QAT-trained weights without fake quant
+            student = strip_fake_quant(copy.deepcopy(student))
     student_dir = _save_model(student, dm.tokenizer, output_dir / "student")
-    return report(cfg, dm, output_dir, [("teacher", teacher, Path(teacher_path)), ("student", student, student_dir)])
+    metrics, objects = report(cfg, dm, output_dir,
+                              [("teacher", teacher, Path(teacher_path)), ("student", student, student_dir)])
+    if cfg.quant.mode != "none":
+        metrics.update(quant_report(cfg, dm, output_dir, teacher, trained, objects["rows"]))
+    return metrics, objects
+
+
+def quant_report(cfg: DictConfig, dm: GLUEDataModule, output_dir: Path, teacher, trained, rows) -> dict[str, float]:
+    """int8 variants (QAT-converted and PTQ), ONNX int8 and the compression report (json, md, png)."""
+    from distill.compression import build_compression_report
+    from distill.quant import convert_qat, is_qat_prepared
+
+    qat = convert_qat(trained) if cfg.quant.mode == "qat" and is_qat_prepared(trained) else None
+    by_name = {r["model"]: r for r in rows}
+    result = build_compression_report(
+        output_dir, teacher, trained, dm.spec, dm.val_dataloader(), teacher_dir=by_name["teacher"]["path"],
+        student_dir=by_name["student"]["path"], qat_int8=qat, embeddings=cfg.quant.embeddings,
+        tokenizer=dm.tokenizer, measure_speed=cfg.measure_speed, **cfg.speed,
+        metrics={"teacher": by_name["teacher"]["metrics"], "student_fp32": by_name["student"]["metrics"]},
+    )
+    return {f"{r['model']}_score": r["score"] for r in result["models"] if r.get("score") is not None}
 
 
 def report(cfg: DictConfig, dm: GLUEDataModule, output_dir: Path, models: list) -> tuple[dict, dict]:

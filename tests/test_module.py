@@ -80,3 +80,11 @@ def test_alpha_zero_skips_teacher():
     module = _module(alpha=0.0)
     module.objective.soft = None
     assert module.teacher_forward(_batch()) is None
+
+
+def test_fit_start_turns_student_dropout_on_and_keeps_teacher_eval():
+    module = _module()
+    module.student.eval()  # as from_pretrained returns it
+    module.on_fit_start()
+    assert module.student.training and all(m.training for m in module.student.modules())
+    assert not any(m.training for m in module.teacher.modules())

@@ -1,0 +1,94 @@
+"""Export a trained student: Hugging Face fp32/fp16, torchao int8, ONNX fp32 + onnxruntime int8.
+
+``export(run_dir)`` reads ``run_dir/student`` (or a student folder itself) and writes ``run_dir/export/``::
+
+    export/hf-fp32/  export/hf-fp16/     save_pretrained folders + tokenizer
+    export/int8/                         torchao int8 (load with distill.quant.load_int8)
+    export/onnx/model.onnx               fp32 ONNX, dynamic batch/sequence axes
+    export/onnx/model.int8.onnx          onnxruntime dynamic int8
+    export/onnx/parity.json              ONNX vs PyTorch on random padded batches
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from distill.errors import ConfigError, DataError
+
+FORMATS = ("hf", "int8", "onnx")
+
+
+def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
+    """``"hf,int8"`` or ``["hf", "int8"]`` → a checked tuple; a ``ConfigError`` names the allowed formats."""
+    items = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    unknown = [f for f in items if f not in FORMATS]
+    if unknown or not items:
+        what = f"unknown export format {unknown[0]!r}" if unknown else "no export format given"
+        raise ConfigError(f"{what}; allowed formats: {', '.join(FORMATS)}.")
+    return tuple(dict.fromkeys(items))
+
+
+def resolve_student_dir(path: str | Path) -> Path:
+    """A run folder (holding ``student/``) or a saved student folder (holding ``config.json``) → the student folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path} is not a directory; give a run folder (with student/) or a saved student folder.")
+    for candidate in (path / "student", path):
+        weights = [*candidate.glob("*.safetensors"), *candidate.glob("*.bin")]
+        if (candidate / "config.json").is_file() and weights:
+            return candidate
+    raise DataError(f"{path} holds no saved student: expected student/config.json with weights, or config.json "
+                    "with weights in the folder itself.")
+
+
+def export(path: str | Path, formats: str | Iterable[str] = FORMATS, out_dir: str | Path | None = None,
+           embeddings: bool = False) -> dict[str, str]:
+    """Export the student of a run folder (or a student folder) in each format; return ``{name: path}``.
+
+    ``out_dir`` defaults to ``<run>/export`` (or ``<student>/export`` for a bare student folder).
+    ``embeddings`` also quantizes the embedding tables in the int8 formats.
+    """
+    formats = parse_formats(formats)
+    student_dir = resolve_student_dir(path)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    base = Path(path)
+    out = Path(out_dir) if out_dir is not None else base / "export"
+    model = AutoModelForSequenceClassification.from_pretrained(student_dir).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    except (OSError, ValueError):
+        tokenizer = None
+    written: dict[str, str] = {}
+    if "hf" in formats:
+        from distill.export.hf import export_hf
+
+        written.update({k: str(v) for k, v in export_hf(model, out, tokenizer).items()})
+    if "int8" in formats:
+        from distill.export.int8 import export_int8
+
+        written["int8"] = str(export_int8(model, out / "int8", tokenizer, embeddings=embeddings))
+    if "onnx" in formats:
+        from distill.export.onnx import (
+            export_onnx,
+            model_input_names,
+            onnx_parity,
+            quantize_onnx_int8,
+            synthetic_batches,
+        )
+
+        fp32 = export_onnx(model, out / "onnx" / "model.onnx")
+        int8 = quantize_onnx_int8(fp32, out / "onnx" / "model.int8.onnx", embeddings=embeddings)
+        batches = synthetic_batches(model.config.vocab_size,
+                                    with_token_types="token_type_ids" in model_input_names(model))
+        parity = {"fp32": onnx_parity(model, fp32, batches), "int8": onnx_parity(model, int8, batches)}
+        (out / "onnx" / "parity.json").write_text(json.dumps(parity, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out / "onnx")
+        written.update({"onnx": str(fp32), "onnx-int8": str(int8)})
+    return written
+
+
+__all__ = ["FORMATS", "export", "parse_formats", "resolve_student_dir"]

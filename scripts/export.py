@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Export a trained student: ``python scripts/export.py <run or student dir> --formats hf,int8,onnx``.
+
+Writes ``<dir>/export/`` (or ``--out``): hf-fp32/, hf-fp16/, int8/ (torchao), onnx/model.onnx and
+onnx/model.int8.onnx with onnx/parity.json. Mistakes (unknown format, missing folder) are reported as one
+line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distill.errors import DistillError  # noqa: E402  (light import: no torch)
+
+FORMATS = ("hf", "int8", "onnx")  # kept equal to distill.export.FORMATS (checked in tests)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir", help="a run folder (with student/) or a saved student folder")
+    parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
+    parser.add_argument("--out", default=None, help="output folder (default: <dir>/export)")
+    parser.add_argument("--embeddings", action="store_true", help="also quantize embedding tables to int8")
+    args = parser.parse_args(argv)
+    try:
+        # Validate before importing torch/transformers so mistakes fail fast.
+        formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+        unknown = [f for f in formats if f not in FORMATS]
+        if unknown or not formats:
+            what = f"unknown export format {unknown[0]!r}" if unknown else "no export format given"
+            raise DistillError(f"{what}; allowed formats: {', '.join(FORMATS)}.")
+        if not Path(args.dir).is_dir():
+            raise DistillError(f"{args.dir} is not a directory; give a run folder (with student/) or a saved "
+                               "student folder.")
+        from distill.export import export
+
+        written = export(args.dir, formats, args.out, embeddings=args.embeddings)
+    except DistillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
