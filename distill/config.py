@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from distill.errors import ConfigError, DistillError
 
-STAGES = ("teacher", "distill", "eval")
+STAGES = ("teacher", "distill", "eval", "general")
 
 
 def build(node: Any, key: str, **objects: Any) -> Any:

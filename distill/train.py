@@ -19,12 +19,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
-from distill.checkpoint import AtomicCheckpointIO, find_resume_checkpoint
+from distill.augment import augment_train_set
+from distill.checkpoint import AtomicCheckpointIO
 from distill.config import build, check_pair, check_tokenizers, validate
 from distill.data.glue import GLUEDataModule
+from distill.general import run_general, with_general_student
 from distill.models.teacher import cache_key, load_classifier, load_config, publish_dir
-from distill.module import DistillationModule, TaskModule
+from distill.module import TaskModule
 from distill.optim import linear_warmup_decay
+from distill.phases import fit_phases, plan_phases
 from distill.report import format_table, measure_speed, model_entry, with_ratios, write_report
 
 log = logging.getLogger("distill")
@@ -124,36 +127,23 @@ def attn_kwargs(objective) -> str | None:
 def run_distill(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     teacher_name = str(cfg.teacher.name_or_path)
     load_config(teacher_name)
-    build(cfg.loss, "loss", terms={})  # temperature / alpha / schedules checked before any model is loaded
+    phases = plan_phases(cfg, output_dir)  # every phase's loss checked against the models' configs first
     dm = build_datamodule(cfg, teacher_name)
+    if cfg.general.before_distill and cfg.stage == "distill":  # TinyBERT / DistilBERT: start from a general student
+        cfg = with_general_student(cfg, output_dir)
     teacher_path, teacher_info = prepare_teacher(cfg, dm)
     if cfg.stage == "teacher":
         metrics = {"teacher_" + k: v for k, v in teacher_info.get("dev_metrics", {}).items()}
         return metrics, {"teacher_path": teacher_path}
 
     L.seed_everything(cfg.seed, workers=True)
-    probe = build(cfg.loss, "loss", terms={})
-    attn = attn_kwargs(probe) if probe.terms else None
-    teacher = load_classifier(teacher_path, dm.spec, attn_implementation=attn)
+    teacher = load_classifier(teacher_path, dm.spec)  # switched to eager attention by phases that need it
     student = build(cfg.student, "student", teacher=teacher)
     check_pair(student, teacher, dm.tokenizer)
-    objective = build_objective(cfg, student, teacher)
-    if "attentions" in objective.requires:
-        teacher.set_attn_implementation("eager")
-        student.set_attn_implementation("eager")
-    module = DistillationModule(
-        student, teacher, dm.spec, objective=objective,
-        optimizer=build(cfg.optimizer, "optimizer"), scheduler=build(cfg.scheduler, "scheduler"),
-    )
-    trainer = build_trainer(cfg, output_dir)
-    ckpt = find_resume_checkpoint(cfg.ckpt_path, output_dir, output_dir.parent)
-    if ckpt:
-        log.info("Resuming from %s", ckpt)
-    trainer.fit(module, dm, ckpt_path=ckpt)
+    if cfg.augment.enabled:
+        augment_train_set(cfg, dm, teacher, teacher_path)
+    fit_phases(cfg, phases, student, teacher, dm, output_dir)
 
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
-    if best and Path(best).is_file():
-        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
     trained = student
     if cfg.quant.mode != "none":
         from distill.quant import is_qat_prepared, strip_fake_quant
@@ -221,7 +211,7 @@ def run_eval(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, Any], dict[st
     return report(cfg, dm, output_dir, models)
 
 
-STAGE_RUNNERS = {"teacher": run_distill, "distill": run_distill, "eval": run_eval}
+STAGE_RUNNERS = {"teacher": run_distill, "distill": run_distill, "eval": run_eval, "general": run_general}
 
 
 def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:

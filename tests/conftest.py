@@ -126,3 +126,58 @@ def make_cfg(glue_dir, tiny_teacher, tmp_path):
 
     yield factory
     GlobalHydra.instance().clear()
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, timeout: float = 600, env_extra: dict | None = None):
+    """Run ``python train.py <args>`` offline in a subprocess; returns the CompletedProcess (text output)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
+           **(env_extra or {})}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(glue_dir, tiny_teacher, tmp_path_factory) -> Path:
+    """A two-job grid multirun (``loss.temperature=1,4``) of the fast setup, made once through the CLI."""
+    root = tmp_path_factory.mktemp("sweep")
+    sweep = root / "multirun"
+    proc = run_cli(["-m", *fast_overrides(glue_dir, tiny_teacher, root / "cache"), f"hydra.sweep.dir={sweep}",
+                    "logger=csv", "measure_speed=false", "loss.temperature=1,4"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep
+
+
+def make_tiny_mlm(path: Path, layers: int = 4, hidden: int = 32, heads: int = 2, seed: int = 0):
+    """Save a tiny random ``BertForMaskedLM`` (a masked-LM teacher) with the fixture tokenizer at ``path``."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    tokenizer = make_tokenizer(path)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=64)
+    model = BertForMaskedLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm_teacher(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("mlm_teacher")
+    make_tiny_mlm(path)
+    return path
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for the test: tiny models gain nothing from more, and lose much when cores are busy."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
