@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from distill.errors import DistillError
@@ -21,6 +23,8 @@ def main(cfg: DictConfig) -> float | None:
         metrics, _ = run(cfg)
     except DistillError as err:
         print(f"error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return None  # one bad trial must not end the whole sweep; Hydra/Optuna record it as failed
         sys.exit(2)
     value = metrics.get(cfg.optimized_metric)
     return float(value) if value is not None else None

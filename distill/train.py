@@ -24,6 +24,7 @@ from distill.checkpoint import AtomicCheckpointIO
 from distill.config import build, check_pair, check_tokenizers, validate
 from distill.data.glue import GLUEDataModule
 from distill.general import run_general, with_general_student
+from distill.loggers import log_config
 from distill.models.teacher import cache_key, load_classifier, load_config, publish_dir
 from distill.module import TaskModule
 from distill.optim import linear_warmup_decay
@@ -53,7 +54,10 @@ def build_trainer(cfg: DictConfig, output_dir: Path, *, with_callbacks: bool = T
     kwargs = dict(callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
                   enable_checkpointing=has_ckpt, default_root_dir=str(output_dir))
     kwargs.update(overrides)
-    return build(cfg.trainer, "trainer", **kwargs)
+    trainer = build(cfg.trainer, "trainer", **kwargs)
+    if loggers:
+        log_config(trainer.loggers, cfg)
+    return trainer
 
 
 def evaluate(model, dm: GLUEDataModule, trainer_cfg: DictConfig, split: str = "dev") -> dict[str, float]:

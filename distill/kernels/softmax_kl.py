@@ -323,35 +323,35 @@ def _torch_rows(
         t_chunk, s_chunk = teacher[lo:hi], student[lo:hi]  # (R, V) each
         # -inf teacher entries (rare) take the general formulas.  (amin + amax: aminmax is far slower on CPU.)
         holes = bool(t_chunk.amin() == neg_inf)
-        a = _centred(t_chunk, t_chunk.amax(dim=-1, keepdim=True), inv_temp)  # (R, V): p = exp(a) / d_t
+        supp = t_chunk != neg_inf if holes else None  # (R, V) bool: teacher support
+        # At most three (R, V) float32 temporaries are alive on the common path: b, e and a/r (diff reuses b).
         b = _centred(s_chunk, s_chunk.amax(dim=-1, keepdim=True), inv_temp)  # (R, V): q = exp(b) / d_s
-        e_t = a.exp()  # (R, V) = p * d_t
+        e = b.exp()  # (R, V) = q * d_s
+        d_s = e.sum(dim=-1, keepdim=True)  # (R, 1)
+        # Student mass on the teacher support, see the Triton kernel (q' = q / Q, Q = d_sp / d_s).
+        d_sp = (
+            e.masked_fill_(~supp, 0.0).sum(dim=-1, keepdim=True).clamp_(min=1e-38) if holes else d_s
+        )  # (R, 1)
+        a = _centred(t_chunk, t_chunk.amax(dim=-1, keepdim=True), inv_temp)  # (R, V): p = exp(a) / d_t
+        e_t = torch.exp(a, out=e)  # (R, V) = p * d_t; reuses e
         d_t = e_t.sum(dim=-1, keepdim=True)  # (R, 1)
-        e_s = b.exp()  # (R, V) = q * d_s
-        d_s = e_s.sum(dim=-1, keepdim=True)  # (R, 1)
-        w = supp = None
-        if holes:
-            # Student mass on the teacher support, see the Triton kernel (q' = q / Q, Q = d_sp / d_s).
-            supp = t_chunk != neg_inf  # (R, V) bool
-            d_sp = e_s.masked_fill_(~supp, 0.0).sum(dim=-1, keepdim=True).clamp_(min=1e-38)  # (R, 1)
-            shift = torch.log(d_t / d_sp)  # (R, 1)
-            w = torch.where(supp, b + shift, b - torch.log(d_s)).exp_()  # (R, V) q' * d_t on supp, q off it
-        else:
-            d_sp = d_s
-            shift = torch.log(d_t / d_s)  # (R, 1)
-        del e_s
+        shift = torch.log(d_t / d_sp)  # (R, 1)
+        # q' * d_t on the support, q off it (only needed with holes, or where r is large).
+        w = torch.where(supp, b + shift, b - torch.log(d_s)).exp_() if holes else None  # (R, V)
         r = torch.sub(b, a, out=a).add_(shift)  # (R, V) log(q' / p); reuses a
         # diff = e_t * expm1(r) = (q' - p) * d_t, without cancellation for small |r|; where r is large, +inf or
         # NaN (p underflows, or t = -inf) it is recomputed as q' * d_t - e_t.
-        diff = torch.expm1(r).mul_(e_t)  # (R, V)
         if holes or bool(r.amax() > 60.0):
+            diff = torch.expm1(r).mul_(e_t)  # (R, V)
             far = ~(r <= 60.0)  # (R, V) bool
             diff[far] = (w[far] if w is not None else b.add_(shift)[far].exp_()) - e_t[far]
             del far
+        else:
+            diff = torch.expm1(r, out=b).mul_(e_t)  # (R, V); reuses b
         del a, b
         # E_p[r]: nansum drops 0 * inf (p underflowed to 0 where s = -inf, or t = s = -inf).
         mean_r = torch.nansum(r.mul_(e_t), dim=-1) / d_t[:, 0]  # (R,); reuses r
-        del r, e_t
+        del r, e_t, e
         x = (torch.where(supp, diff, 0.0) if holes else diff).sum(dim=-1) / d_t[:, 0]  # (R,) E_p[e^r] - 1, ~0
         rows = (torch.log1p(x.clamp(-0.5, 0.5)) - mean_r) * loss_scale  # (R,)
         if holes:
@@ -360,14 +360,14 @@ def _torch_rows(
             rows = torch.where(keep[:, 0], rows, 0.0)
         loss[lo:hi] = rows
         if grad is not None:
+            out = grad[lo:hi]  # (R, V) student dtype
             if holes:  # q - p = (q' - p) - q' (1 - Q) on the support, q off it
                 one_minus_q = (d_s - d_sp).clamp_(min=0.0) / d_s  # (R, 1)
-                g = torch.where(supp, diff.sub_(w * one_minus_q).div_(d_t), w).mul_(grad_scale)  # (R, V)
+                out.copy_(torch.where(supp, diff.sub_(w * one_minus_q).div_(d_t), w).mul_(grad_scale))
             else:
-                g = diff.mul_(grad_scale / d_t)  # (R, V) = (q - p) * scale / T
+                torch.mul(diff, grad_scale / d_t, out=out)  # (q - p) * scale / T, cast to the student dtype
             if keep is not None:
-                g.masked_fill_(~keep, 0.0)
-            grad[lo:hi].copy_(g)
+                out.masked_fill_(~keep, 0.0)
     return loss, grad
 
 

@@ -1,0 +1,119 @@
+"""Run named sets of train.py configurations and tabulate their reports (accuracy, size, speed).
+
+    python scripts/run_suite.py objectives [--extra data.max_train_samples=2000 ...]
+    python scripts/run_suite.py quant
+    python scripts/run_suite.py glue --tasks sst2,mrpc
+
+Every run shares one cache folder (``paths.cache_dir``), so the teacher is fine-tuned once per task
+and reused. Each configuration's command, wall time and report rows go to
+``docs/benchmarks/<suite>.{md,json}`` with the hardware and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_main_job import cpu_name  # noqa: E402
+
+# suite → list of (label, overrides). Same student size and number of steps within a comparison.
+SUITES: dict[str, list[tuple[str, list[str]]]] = {
+    "objectives": [
+        ("tiny, CE only", ["student=tiny", "loss=ce"]),
+        ("tiny, soft KL + CE", ["student=tiny", "loss=kd"]),
+        ("tiny, TinyBERT recipe (general + 2 phases)", ["experiment=tinybert_sst2"]),
+        ("distil, DistilBERT recipe", ["experiment=distilbert_sst2"]),
+    ],
+    "quant": [
+        ("tiny fp32 + PTQ int8", ["student=tiny", "quant=ptq_int8"]),
+        ("tiny QAT int8", ["student=tiny", "quant=qat_int8"]),
+        ("micro QAT int8", ["student=micro", "quant=qat_int8"]),
+    ],
+    "glue": [
+        ("distil", ["experiment=distilbert_sst2"]),
+        ("tiny (TinyBERT two-stage)", ["experiment=tinybert_sst2"]),
+    ],
+}
+
+
+def run_one(label: str, overrides: list[str], log_dir: Path, env: dict[str, str]) -> dict:
+    cmd = [sys.executable, "train.py", *overrides, f"paths.log_dir={log_dir}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    entry = {"label": label, "command": "python train.py " + " ".join(overrides), "wall_s": round(wall, 1),
+             "returncode": proc.returncode}
+    if proc.returncode != 0:
+        entry["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return entry
+    reports = sorted(log_dir.glob("**/report.json"), key=lambda p: p.stat().st_mtime)
+    run_dir = reports[-1].parent
+    entry["run_dir"] = str(run_dir)
+    entry["report"] = json.loads(reports[-1].read_text())
+    if (run_dir / "compression.json").is_file():
+        entry["compression"] = json.loads((run_dir / "compression.json").read_text())
+    return entry
+
+
+def rows_of(entry: dict) -> list[dict]:
+    source = entry.get("compression") or entry.get("report") or {}
+    return source.get("models") or source.get("rows") or []
+
+
+def to_markdown(suite: str, entries: list[dict], extra: list[str]) -> str:
+    lines = [f"# Suite `{suite}`", "", f"- date: {date.today()}",
+             f"- hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU (torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')})",
+             f"- command: `python scripts/run_suite.py {suite} {' '.join('--extra ' + e for e in extra)}`".rstrip(),
+             "- every run shares the teacher fine-tuned on the same task with the same settings", "",
+             "| configuration | model | metric | score | retention | params | size MB | ms/ex b1 | ex/s b32 | run time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    fmt = lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
+    for e in entries:
+        if e["returncode"] != 0:
+            lines.append(f"| {e['label']} | failed: {e.get('error', '')} | | | | | | | | {e['wall_s'] / 60:.1f} min |")
+            continue
+        for r in rows_of(e):
+            lines.append(
+                f"| {e['label']} | {r.get('model')} | {r.get('metric', '')} | {fmt(r.get('score'), '{:.4f}')} | "
+                f"{fmt(r.get('retention'), '{:.1%}')} | {fmt(r.get('parameters'), '{:,}')} | {fmt(r.get('size_mb'), '{:.1f}')} | "
+                f"{fmt(r.get('latency_ms'), '{:.1f}')} | {fmt(r.get('throughput_eps'), '{:.1f}')} | {e['wall_s'] / 60:.1f} min |")
+    lines += ["", "Commands (each also gets `paths.log_dir=<tmp>` and the extra overrides):", ""]
+    lines += [f"- {e['label']}: `{e['command']} {' '.join(extra)}`".rstrip() for e in entries]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("suite", choices=sorted(SUITES))
+    parser.add_argument("--extra", action="append", default=[], help="an override added to every run")
+    parser.add_argument("--tasks", default="sst2", help="comma-separated GLUE tasks (data=...)")
+    parser.add_argument("--out", default=None, help="output stem (default docs/benchmarks/<suite>)")
+    args = parser.parse_args()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    log_root = ROOT / "outputs" / "suites" / args.suite
+    entries = []
+    for task in args.tasks.split(","):
+        for label, overrides in SUITES[args.suite]:
+            ov = [*overrides, f"data={task}", *args.extra] if task != "sst2" or args.suite == "glue" else [*overrides, *args.extra]
+            name = f"{task}: {label}" if args.suite == "glue" else label
+            print(f"running {name} ...", flush=True)
+            entries.append(run_one(name, ov, log_root / f"{len(entries):02d}", env))
+            print(f"  done in {entries[-1]['wall_s'] / 60:.1f} min (rc {entries[-1]['returncode']})", flush=True)
+    stem = Path(args.out) if args.out else ROOT / "docs" / "benchmarks" / args.suite
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    md = to_markdown(args.suite, entries, args.extra)
+    stem.with_suffix(".md").write_text(md)
+    stem.with_suffix(".json").write_text(json.dumps(entries, indent=2, default=str))
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
