@@ -146,8 +146,7 @@ def test_distill_run_logs_to_csv_and_offline_wandb_with_throughput(make_cfg, no_
 
     from distill.train import run
 
-    cfg = make_cfg("logger=csv_wandb", "+callbacks.throughput._target_=distill.loggers.ThroughputMonitor",
-                   "+callbacks.throughput.every_n_batches=1", "trainer.log_every_n_steps=1")
+    cfg = make_cfg("logger=csv_wandb", "callbacks.throughput.every_n_batches=1", "trainer.log_every_n_steps=1")
     try:
         run(cfg)
     finally:
