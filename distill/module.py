@@ -7,7 +7,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 from transformers import PreTrainedModel
 
 from distill.data.tasks import TaskSpec
@@ -140,5 +139,3 @@ class DistillationModule(TaskModule):
             merged.setdefault(key, value)
         return super().load_state_dict(merged, strict=strict, assign=assign)
 
-    def teacher_parameters(self) -> list[nn.Parameter]:
-        return list(self.teacher.parameters())

@@ -123,11 +123,6 @@ def build_objective(cfg: DictConfig, student, teacher):
     return build(cfg.loss, "loss", terms=terms)
 
 
-def attn_kwargs(objective) -> str | None:
-    """Attention losses need attention probabilities, which transformers returns only with eager attention."""
-    return "eager" if "attentions" in objective.requires else None
-
-
 def run_distill(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     teacher_name = str(cfg.teacher.name_or_path)
     load_config(teacher_name)
@@ -204,8 +199,6 @@ def run_eval(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, Any], dict[st
     path = str(cfg.eval.model_path)
     load_config(path)
     dm = build_datamodule(cfg, path)
-    if cfg.eval.split == "train":
-        dm.max_train_samples = dm.max_train_samples
     model = load_classifier(path, dm.spec)
     if Path(path).is_dir() and (Path(path) / "tokenizer_config.json").is_file() and cfg.eval.teacher_path:
         check_tokenizers(AutoTokenizer.from_pretrained(path), AutoTokenizer.from_pretrained(str(cfg.eval.teacher_path)))
