@@ -79,8 +79,9 @@ def wandb_logger(save_dir: str | os.PathLike = ".", offline: bool = False, log_m
               f"(set WANDB_API_KEY or run `wandb login` to sync)", file=sys.stderr, flush=True)
     if mode != "online":
         log_model = False  # checkpoints can't be uploaded offline (Lightning refuses the combination)
-    if mode == "disabled":
-        kwargs["mode"] = "disabled"
+    # Pass the mode to wandb.init explicitly: wandb keeps the settings of its first setup in this process
+    # (e.g. an earlier WANDB_MODE=disabled), and only init arguments override them.
+    kwargs["mode"] = mode
     if wandb.run is not None:
         wandb.finish()
     logger = WandbLogger(save_dir=str(save_dir), offline=mode == "offline", log_model=log_model, **kwargs)

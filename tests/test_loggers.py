@@ -61,8 +61,9 @@ def test_wandb_online_when_a_key_is_configured(no_wandb_env, monkeypatch, capsys
     assert wandb_mode() == "online"
 
 
-@pytest.mark.parametrize("env, offline, mode_kwarg", [("offline", True, None), ("dryrun", True, None),
-                                                      ("disabled", False, "disabled"), ("online", False, None)])
+@pytest.mark.parametrize("env, offline, mode_kwarg", [("offline", True, "offline"), ("dryrun", True, "offline"),
+                                                      ("disabled", False, "disabled"),
+                                                      ("online", False, "online")])
 def test_wandb_respects_wandb_mode(no_wandb_env, monkeypatch, capsys, env, offline, mode_kwarg):
     monkeypatch.setenv("WANDB_MODE", env)
     logger = wandb_logger(save_dir=no_wandb_env / "run", project="distill", log_model=True)
@@ -140,12 +141,18 @@ def test_throughput_monitor_logs_examples_and_tokens_per_second(tmp_path):
         ThroughputMonitor(every_n_batches=0)
 
 
-def test_distill_run_logs_to_csv_and_offline_wandb_with_throughput(make_cfg, no_wandb_env, tmp_path, capsys):
-    """A real (tiny) run with logger=csv_wandb and the throughput callback: wandb writes an offline run."""
+def test_distill_run_logs_to_csv_and_offline_wandb_with_throughput(make_cfg, no_wandb_env, tmp_path, capsys,
+                                                                   monkeypatch):
+    """A real (tiny) run with logger=csv_wandb and the throughput callback: wandb writes an offline run, even
+    when this process set wandb up earlier under WANDB_MODE=disabled (wandb caches its first settings)."""
     import wandb
 
-    from distill.train import run
+    from distill.train import build_trainer, run
 
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    build_trainer(make_cfg("logger=csv_wandb"), tmp_path / "earlier")  # logs the config: wandb.setup() runs
+    wandb.finish()
+    monkeypatch.delenv("WANDB_MODE")
     cfg = make_cfg("logger=csv_wandb", "callbacks.throughput.every_n_batches=1", "trainer.log_every_n_steps=1")
     try:
         run(cfg)
@@ -153,6 +160,7 @@ def test_distill_run_logs_to_csv_and_offline_wandb_with_throughput(make_cfg, no_
         wandb.finish()
     out = tmp_path / "run"
     assert NOTICE in capsys.readouterr().err
+    # also after an earlier build in this process under WANDB_MODE=disabled (wandb caches its first settings)
     assert len(list((out / "wandb").glob("offline-run-*"))) == 1
     (metrics,) = list(out.glob("csv/version_*/metrics.csv"))
     header = metrics.read_text().splitlines()[0].split(",")
