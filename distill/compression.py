@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import platform
-import statistics
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,9 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill import report as timing
 from distill.data.tasks import TaskSpec
 from distill.metrics import build_metrics, predictions
-from distill.report import model_entry, synthetic_inputs, time_forward, with_ratios, write_report
+from distill.report import model_entry, with_ratios, write_report
 
 LABEL_KEYS = ("labels", "label")
 
@@ -71,30 +71,6 @@ class Candidate:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-def _timing_inputs(vocab_size: int, batch: int, seq_len: int) -> dict[str, torch.Tensor]:
-    inputs = synthetic_inputs(vocab_size, batch, seq_len)
-    if vocab_size <= 1000:  # synthetic_inputs draws ids >= 1000 (real vocabularies); keep tiny vocabs valid
-        inputs["input_ids"] = inputs["input_ids"] % vocab_size
-    return inputs
-
-
-def measure(model: Any, vocab_size: int, seq_len: int = 128, latency_runs: int = 50, throughput_batch: int = 32,
-            throughput_runs: int = 5, warmup: int = 5) -> dict[str, float]:
-    """Latency (median ms at batch 1) and throughput (examples/s at ``throughput_batch``) of a torch model or
-    ``OnnxClassifier`` on CPU, timed with :func:`distill.report.time_forward`; records the thread count."""
-    single = time_forward(model, _timing_inputs(vocab_size, 1, seq_len), latency_runs, warmup=warmup)
-    batched = time_forward(model, _timing_inputs(vocab_size, throughput_batch, seq_len), throughput_runs, warmup=1)
-    threads = getattr(model, "threads", None) or torch.get_num_threads()
-    return {
-        "latency_ms": 1e3 * statistics.median(single),
-        "latency_runs": latency_runs,
-        "throughput_eps": throughput_batch / statistics.median(batched),
-        "throughput_batch": throughput_batch,
-        "seq_len": seq_len,
-        "threads": threads,
-    }
-
-
 def compression_report(
     run_dir: str | Path,
     candidates: list[Candidate],
@@ -121,7 +97,7 @@ def compression_report(
             metrics = evaluate_classifier(cand.model, dataloader, task) if dataloader is not None and task else {}
         speed = None
         if measure_speed:
-            speed = measure(cand.model, vocab_size, seq_len, latency_runs, throughput_batch, throughput_runs)
+            speed = timing.measure_speed(cand.model, vocab_size, seq_len, latency_runs, throughput_batch, throughput_runs)
         counted = cand.model if isinstance(cand.model, nn.Module) else cand.param_model
         row = model_entry(cand.name, counted if counted is not None else nn.Module(), cand.path, metrics,
                           main_metric, speed)
@@ -304,4 +280,4 @@ def int8_size_estimate(config: Any, embeddings: bool = False) -> dict[str, float
     return {"fp32_mb": fp32 / 1e6, "int8_mb": int8 / 1e6, "ratio": fp32 / int8}
 
 
-__all__ = ["Candidate", "build_compression_report", "compression_report", "evaluate_classifier", "int8_size_estimate", "measure", "plot_compression", "to_markdown"]
+__all__ = ["Candidate", "build_compression_report", "compression_report", "evaluate_classifier", "int8_size_estimate", "plot_compression", "to_markdown"]

@@ -56,15 +56,20 @@ def measure_speed(
     latency_runs: int = 50,
     throughput_batch: int = 32,
     throughput_runs: int = 5,
+    warmup: int = 5,
 ) -> dict[str, float]:
-    """CPU latency (median ms per example at batch 1) and throughput (examples/s at ``throughput_batch``)."""
-    single = time_forward(model, synthetic_inputs(vocab_size, 1, seq_len), latency_runs)
+    """CPU latency (median ms per example at batch 1, over ``latency_runs`` runs after ``warmup``) and
+    throughput (examples/s at ``throughput_batch``) of a torch model or an ``OnnxClassifier``, with the
+    settings and the thread count (an ``OnnxClassifier`` states its own ``threads``)."""
+    single = time_forward(model, synthetic_inputs(vocab_size, 1, seq_len), latency_runs, warmup=warmup)
     batched = time_forward(model, synthetic_inputs(vocab_size, throughput_batch, seq_len), throughput_runs, warmup=1)
     return {
         "latency_ms": 1e3 * statistics.median(single),
+        "latency_runs": latency_runs,
         "throughput_eps": throughput_batch / statistics.median(batched),
+        "throughput_batch": throughput_batch,
         "seq_len": seq_len,
-        "threads": torch.get_num_threads(),
+        "threads": getattr(model, "threads", None) or torch.get_num_threads(),
     }
 
 

@@ -118,6 +118,18 @@ class _AttentionTerm(HookedTerm):
         k, _, _ = self.captured(side, layer, "key", shape)  # (B, T, W)
         return _scores(q, k, heads, scaling)  # (B, h, T, T)
 
+    def _layer_pair(self, student, teacher, batch, ls: int, lt: int):
+        """``(keep, a_s, a_t)`` for one layer pair: the (B, T) real-token mask and both sides' (B, h, T, T)
+        pre-softmax scores (hooked Q/K) or float32 attention probabilities (``attentions`` output)."""
+        if self.hooked:
+            shape = tuple(batch["input_ids"].shape[:2])
+            keep = token_mask(batch, shape, student.logits.device)  # (B, T)
+            a_s = self._qk_scores("student", ls, shape)  # (B, h_s, T, T)
+            return keep, a_s, self._qk_scores("teacher", lt, shape).to(a_s.dtype)  # (B, h_t, T, T)
+        p_s = f32(student.attentions[ls - 1])  # (B, h_s, T, T)
+        keep = token_mask(batch, (p_s.shape[0], p_s.shape[-1]), p_s.device)  # (B, T)
+        return keep, p_s, f32(teacher.attentions[lt - 1]).to(p_s.dtype)  # (B, h_t, T, T)
+
 
 class AttentionScoreMSE(_AttentionTerm):
     """TinyBERT's attention loss: ``Σ_pairs mean (A_s − A_t)²`` over heads and real (query, key) pairs.
@@ -152,17 +164,9 @@ class AttentionScoreMSE(_AttentionTerm):
     def forward(self, student, teacher, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
         losses = []
         for ls, lt in self._pairs_for(student, teacher):
-            if self.hooked:
-                shape = tuple(batch["input_ids"].shape[:2])
-                keep = token_mask(batch, shape, student.logits.device)  # (B, T)
-                a_s = self._qk_scores("student", ls, shape)  # (B, h_s, T, T)
-                a_t = self._qk_scores("teacher", lt, shape).to(a_s.dtype)  # (B, h_t, T, T)
-            else:
-                p_s = student.attentions[ls - 1]  # (B, h_s, T, T)
-                keep = token_mask(batch, (p_s.shape[0], p_s.shape[-1]), p_s.device)  # (B, T)
-                a_s = self._centred_log_probs(p_s, keep)  # (B, h_s, T, T)
-                p_t = teacher.attentions[lt - 1]  # (B, h_t, T, T)
-                a_t = self._centred_log_probs(p_t, keep).to(a_s.dtype)  # (B, h_t, T, T)
+            keep, a_s, a_t = self._layer_pair(student, teacher, batch, ls, lt)  # (B, T), (B, h, T, T) x 2
+            if not self.hooked:  # probabilities -> row-centred log-probabilities
+                a_s, a_t = self._centred_log_probs(a_s, keep), self._centred_log_probs(a_t, keep)
             if a_s.shape[1] != a_t.shape[1]:
                 a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)  # (B, 1, T, T) each
             pair_keep = keep[:, None, :, None] & keep[:, None, None, :]  # (B, 1, T, T)
@@ -195,17 +199,12 @@ class AttentionKL(_AttentionTerm):
     def forward(self, student, teacher, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
         losses = []
         for ls, lt in self._pairs_for(student, teacher):
-            if self.hooked:
-                shape = tuple(batch["input_ids"].shape[:2])
-                keep = token_mask(batch, shape, student.logits.device)  # (B, T)
-                log_s = _log_softmax_keys(self._qk_scores("student", ls, shape), keep)  # (B, h_s, T, T)
-                log_t = _log_softmax_keys(self._qk_scores("teacher", lt, shape), keep).to(log_s.dtype)
-            else:
-                p_s, p_t = f32(student.attentions[ls - 1]), f32(teacher.attentions[lt - 1])  # (B, h, T, T)
-                keep = token_mask(batch, (p_s.shape[0], p_s.shape[-1]), p_s.device)  # (B, T)
-                tiny = torch.finfo(p_s.dtype).tiny
-                log_s = torch.log(p_s.clamp_min(tiny))  # (B, h_s, T, T)
-                log_t = torch.log(p_t.to(p_s.dtype).clamp_min(tiny))  # (B, h_t, T, T)
+            keep, a_s, a_t = self._layer_pair(student, teacher, batch, ls, lt)  # (B, T), (B, h, T, T) x 2
+            if self.hooked:  # scores -> log-softmax over real keys
+                log_s, log_t = _log_softmax_keys(a_s, keep), _log_softmax_keys(a_t, keep)
+            else:  # probabilities -> log-probabilities
+                tiny = torch.finfo(a_s.dtype).tiny
+                log_s, log_t = torch.log(a_s.clamp_min(tiny)), torch.log(a_t.clamp_min(tiny))
             if log_s.shape[1] != log_t.shape[1]:
                 log_s, log_t = _log_mix_heads(log_s), _log_mix_heads(log_t)  # (B, 1, T, T) each
             losses.append(_row_kl(log_t, log_s, keep))  # ()

@@ -26,21 +26,29 @@ from distill.losses._common import check_reduction, f32, geometry, reduce_layers
 
 
 class _HiddenTerm(nn.Module):
+    """Shared by the hidden-state terms; a subclass sets its paper's defaults (``None`` arguments take them)."""
+
     requires: frozenset[str] = frozenset({"hidden_states"})
+    default_layer_map: str = "uniform"
+    default_include_embeddings: bool = True
+    default_project: bool = True
 
     def __init__(
         self,
-        layer_map,
-        include_embeddings: bool,
-        student_hidden: int | None,
-        teacher_hidden: int | None,
-        project: bool,
-        layer_reduction: str,
-        student_config,
-        teacher_config,
+        layer_map=None,
+        include_embeddings: bool | None = None,
+        student_hidden: int | None = None,
+        teacher_hidden: int | None = None,
+        project: bool | None = None,
+        layer_reduction: str = "sum",
+        student_config=None,
+        teacher_config=None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        layer_map = self.default_layer_map if layer_map is None else layer_map
+        include_embeddings = self.default_include_embeddings if include_embeddings is None else include_embeddings
+        project = self.default_project if project is None else project
         self.layer_map = as_layer_map(layer_map, key=f"{name}.layer_map")
         self.include_embeddings = bool(include_embeddings)
         self.layer_reduction = check_reduction(layer_reduction, name)
@@ -100,21 +108,9 @@ class HiddenStateMSE(_HiddenTerm):
     ``layer_reduction`` ``sum`` (TinyBERT) or ``mean`` over pairs.
     """
 
-    def __init__(
-        self,
-        layer_map="uniform",
-        include_embeddings: bool = True,
-        student_hidden: int | None = None,
-        teacher_hidden: int | None = None,
-        project: bool = True,
-        layer_reduction: str = "sum",
-        student_config=None,
-        teacher_config=None,
-    ) -> None:
-        super().__init__(
-            layer_map, include_embeddings, student_hidden, teacher_hidden, project, layer_reduction,
-            student_config, teacher_config,
-        )  # fmt: skip
+    default_layer_map = "uniform"
+    default_include_embeddings = True
+    default_project = True
 
     def _layer_loss(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(s, t)  # (N, H) -> ()
@@ -127,21 +123,9 @@ class HiddenCosine(_HiddenTerm):
     unless ``project: true`` (a learned projection, as in :class:`HiddenStateMSE`).
     """
 
-    def __init__(
-        self,
-        layer_map="last_k",
-        include_embeddings: bool = False,
-        student_hidden: int | None = None,
-        teacher_hidden: int | None = None,
-        project: bool = False,
-        layer_reduction: str = "sum",
-        student_config=None,
-        teacher_config=None,
-    ) -> None:
-        super().__init__(
-            layer_map, include_embeddings, student_hidden, teacher_hidden, project, layer_reduction,
-            student_config, teacher_config,
-        )  # fmt: skip
+    default_layer_map = "last_k"
+    default_include_embeddings = False
+    default_project = False
 
     def _layer_loss(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return (1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()  # (N,) -> ()
