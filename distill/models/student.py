@@ -22,6 +22,9 @@ def _student_config(teacher: PreTrainedModel, **geometry):
     return config
 
 
+EMBEDDING_INITS = ("random", "teacher_pca")
+
+
 def bert_student(
     teacher: PreTrainedModel,
     num_hidden_layers: int,
@@ -29,22 +32,70 @@ def bert_student(
     num_attention_heads: int,
     intermediate_size: int,
     attn_implementation: str | None = None,
+    init_embeddings: str = "random",
 ) -> PreTrainedModel:
-    """A randomly initialised student of the teacher's architecture family with a new geometry.
+    """A student of the teacher's architecture family with a new geometry.
 
     Vocabulary, position embeddings, label count and label names come from the teacher, so the
     student uses the teacher's tokenizer unchanged (TinyBERT / MiniLM students do the same).
+    ``init_embeddings``: ``random`` (TinyBERT: everything from scratch) or ``teacher_pca``: the word,
+    position and token-type tables are the teacher's, projected onto the top ``hidden_size`` principal
+    directions of its word-embedding matrix (see :func:`init_embeddings_from_teacher`); layers stay random.
     """
     if hidden_size % num_attention_heads:
         raise ConfigError(
             f"student.hidden_size={hidden_size} must be divisible by student.num_attention_heads={num_attention_heads}."
         )
+    if init_embeddings not in EMBEDDING_INITS:
+        raise ConfigError(f"student.init_embeddings={init_embeddings!r} is not one of {', '.join(EMBEDDING_INITS)}.")
     config = _student_config(
         teacher, num_hidden_layers=num_hidden_layers, hidden_size=hidden_size,
         num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
     )
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return AutoModelForSequenceClassification.from_config(config, **kwargs)
+    student = AutoModelForSequenceClassification.from_config(config, **kwargs)
+    if init_embeddings == "teacher_pca":
+        init_embeddings_from_teacher(student, teacher)
+    return student
+
+
+@torch.no_grad()
+def init_embeddings_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel) -> torch.Tensor:
+    """Give ``student`` the teacher's embedding tables in its (narrower) width; returns the projection.
+
+    With ``E`` the teacher's word embeddings (V, H_t), ``P`` (H_t, H_s) holds the top H_s right singular
+    vectors of ``E − mean(E)``: the directions along which the teacher's vocabulary varies most. The
+    student's word, position and token-type tables are the teacher's multiplied by ``P`` (the teacher's
+    own tables when the widths are equal), so words the teacher places close together start close
+    together in the student. Embedding LayerNorms keep their default init (the teacher's act per
+    teacher dimension, which ``P`` mixes).
+    """
+    s_emb, t_emb = student.get_input_embeddings(), teacher.get_input_embeddings()
+    h_s, h_t = s_emb.weight.shape[1], t_emb.weight.shape[1]
+    if s_emb.weight.shape[0] != t_emb.weight.shape[0]:
+        raise ConfigError(
+            f"student.init_embeddings=teacher_pca needs the teacher's vocabulary; sizes {s_emb.weight.shape[0]} "
+            f"and {t_emb.weight.shape[0]} differ."
+        )
+    if h_s > h_t:
+        raise ConfigError(
+            f"student.init_embeddings=teacher_pca needs student.hidden_size ({h_s}) <= the teacher's ({h_t})."
+        )
+    words = t_emb.weight.double()  # (V, H_t)
+    if h_s == h_t:
+        proj = torch.eye(h_t, dtype=torch.float64)
+    else:
+        _, _, vh = torch.linalg.svd(words - words.mean(0), full_matrices=False)  # vh: (H_t, H_t)
+        proj = vh[:h_s].T  # (H_t, H_s)
+    s_mod, t_mod = student.base_model.embeddings, teacher.base_model.embeddings
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        s_tab, t_tab = getattr(s_mod, name, None), getattr(t_mod, name, None)
+        if s_tab is None or t_tab is None:
+            continue
+        if s_tab.weight.shape[0] != t_tab.weight.shape[0]:
+            raise ConfigError(f"student.init_embeddings=teacher_pca: the {name} tables differ in rows.")
+        s_tab.weight.copy_((t_tab.weight.double() @ proj).to(s_tab.weight.dtype))  # (rows, H_s)
+    return proj.to(s_emb.weight.dtype)
 
 
 def distil_student(

@@ -92,3 +92,41 @@ def test_saved_student_loads_in_plain_transformers(tmp_path):
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "s")
     ids = torch.tensor([[1, 5, 7, 2]])
     assert torch.allclose(again(input_ids=ids).logits, student.eval()(input_ids=ids).logits)
+
+
+def test_teacher_pca_embeddings_copy_tables_at_equal_width():
+    teacher = _teacher(hidden=32)
+    student = bert_student(teacher, 2, 32, 2, 40, init_embeddings="teacher_pca")
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        s, t = getattr(student.bert.embeddings, name).weight, getattr(teacher.bert.embeddings, name).weight
+        assert torch.equal(s, t), name
+    assert not torch.equal(student.bert.encoder.layer[0].attention.self.query.weight[:, :32],
+                           teacher.bert.encoder.layer[0].attention.self.query.weight[:, :32])  # layers stay random
+
+
+def test_teacher_pca_embeddings_keep_word_geometry_when_narrower():
+    teacher = _teacher(hidden=32, vocab=50)
+    g = torch.Generator().manual_seed(1)
+    # teacher words that vary in only 8 directions (plus an offset): an 8-wide PCA projection loses nothing
+    low_rank = torch.randn(50, 8, generator=g) @ torch.randn(8, 32, generator=g) + torch.randn(32, generator=g)
+    teacher.bert.embeddings.word_embeddings.weight.data.copy_(low_rank)
+    student = bert_student(teacher, 2, 8, 2, 16, init_embeddings="teacher_pca")
+    s = student.bert.embeddings.word_embeddings.weight.detach().double()
+    t = low_rank.double()
+    assert s.shape == (50, 8)
+    assert torch.allclose(torch.cdist(s, s), torch.cdist(t, t), atol=1e-4)  # every pairwise distance kept
+    # and the projection is the teacher's tables times orthonormal columns
+    from distill.models.student import init_embeddings_from_teacher
+
+    proj = init_embeddings_from_teacher(student, teacher).double()
+    assert torch.allclose(proj.T @ proj, torch.eye(8, dtype=torch.float64), atol=1e-6)
+    pos_t = teacher.bert.embeddings.position_embeddings.weight.detach().double()
+    assert torch.allclose(student.bert.embeddings.position_embeddings.weight.double(), pos_t @ proj, atol=1e-5)
+
+
+def test_teacher_pca_embeddings_bad_inputs():
+    teacher = _teacher(hidden=32)
+    with pytest.raises(ConfigError, match="student.init_embeddings='pca'"):
+        bert_student(teacher, 2, 32, 2, 40, init_embeddings="pca")
+    with pytest.raises(ConfigError, match=r"student.hidden_size \(48\) <= the teacher's \(32\)"):
+        bert_student(teacher, 2, 48, 2, 40, init_embeddings="teacher_pca")
