@@ -35,11 +35,12 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
     "quant": [
         ("tiny fp32 + PTQ int8", ["student=tiny", "quant=ptq_int8"]),
         ("tiny QAT int8", ["student=tiny", "quant=qat_int8"]),
+        ("micro fp32 + PTQ int8", ["student=micro", "quant=ptq_int8"]),
         ("micro QAT int8", ["student=micro", "quant=qat_int8"]),
     ],
     "glue": [
-        ("distil", ["experiment=distilbert_sst2"]),
-        ("tiny (TinyBERT two-stage)", ["experiment=tinybert_sst2"]),
+        ("distil, DistilBERT recipe", ["experiment=distilbert_sst2"]),
+        ("tiny, TinyBERT two-stage", ["experiment=tinybert_sst2"]),
     ],
 }
 
@@ -96,23 +97,34 @@ def main() -> None:
     parser.add_argument("--extra", action="append", default=[], help="an override added to every run")
     parser.add_argument("--tasks", default="sst2", help="comma-separated GLUE tasks (data=...)")
     parser.add_argument("--out", default=None, help="output stem (default docs/benchmarks/<suite>)")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only the configurations whose label contains this text (repeatable)")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
     log_root = ROOT / "outputs" / "suites" / args.suite
-    entries = []
+    stem = Path(args.out) if args.out else ROOT / "docs" / "benchmarks" / args.suite
+    entries, md = [], ""
     for task in args.tasks.split(","):
         for label, overrides in SUITES[args.suite]:
+            if args.only and not any(text in label for text in args.only):
+                continue
             ov = [*overrides, f"data={task}", *args.extra] if task != "sst2" or args.suite == "glue" else [*overrides, *args.extra]
             name = f"{task}: {label}" if args.suite == "glue" else label
             print(f"running {name} ...", flush=True)
             entries.append(run_one(name, ov, log_root / f"{len(entries):02d}", env))
             print(f"  done in {entries[-1]['wall_s'] / 60:.1f} min (rc {entries[-1]['returncode']})", flush=True)
-    stem = Path(args.out) if args.out else ROOT / "docs" / "benchmarks" / args.suite
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(args.suite, entries, args.extra)
-    stem.with_suffix(".md").write_text(md)
-    stem.with_suffix(".json").write_text(json.dumps(entries, indent=2, default=str))
+            md = write_records(stem, args.suite, entries, args.extra)  # after every run: a stop loses nothing
     print(md)
+
+
+def write_records(stem: Path, suite: str, entries: list[dict], extra: list[str]) -> str:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    md = to_markdown(suite, entries, extra)
+    for suffix, text in ((".md", md), (".json", json.dumps(entries, indent=2, default=str))):
+        tmp = stem.with_suffix(suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(stem.with_suffix(suffix))
+    return md
 
 
 if __name__ == "__main__":

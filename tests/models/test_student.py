@@ -124,9 +124,16 @@ def test_teacher_pca_embeddings_keep_word_geometry_when_narrower():
     assert torch.allclose(student.bert.embeddings.position_embeddings.weight.double(), pos_t @ proj, atol=1e-5)
 
 
-def test_teacher_pca_embeddings_bad_inputs():
+def test_teacher_pca_embeddings_wider_student_and_bad_inputs():
+    from distill.models.student import init_embeddings_from_teacher
+
     teacher = _teacher(hidden=32)
     with pytest.raises(ConfigError, match="student.init_embeddings='pca'"):
         bert_student(teacher, 2, 32, 2, 40, init_embeddings="pca")
-    with pytest.raises(ConfigError, match=r"student.hidden_size \(48\) <= the teacher's \(32\)"):
-        bert_student(teacher, 2, 48, 2, 40, init_embeddings="teacher_pca")
+    wide = bert_student(teacher, 2, 48, 2, 40, init_embeddings="teacher_pca")  # wider: tables in the first columns
+    t = teacher.bert.embeddings.word_embeddings.weight
+    assert torch.equal(wide.bert.embeddings.word_embeddings.weight[:, :32], t)
+    assert wide.bert.embeddings.word_embeddings.weight[:, 32:].abs().sum() > 0  # the rest keeps its random init
+    other = _teacher(hidden=32, vocab=60)
+    with pytest.raises(ConfigError, match="needs the teacher's vocabulary"):
+        init_embeddings_from_teacher(bert_student(other, 2, 16, 2, 40), teacher)
