@@ -71,7 +71,9 @@ def rows_of(entry: dict) -> list[dict]:
 
 def to_markdown(suite: str, entries: list[dict], extra: list[str]) -> str:
     lines = [f"# Suite `{suite}`", "", f"- date: {date.today()}",
-             f"- hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU (torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')})",
+             f"- hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU; this suite ran on cores "
+             f"{','.join(map(str, sorted(os.sched_getaffinity(0))))} with torch threads: "
+             f"{os.environ.get('OMP_NUM_THREADS', 'default')}",
              f"- command: `python scripts/run_suite.py {suite} {' '.join('--extra ' + e for e in extra)}`".rstrip(),
              "- every run shares the teacher fine-tuned on the same task with the same settings", "",
              "| configuration | model | metric | score | retention | params | size MB | ms/ex b1 | ex/s b32 | run time |",
@@ -97,12 +99,18 @@ def main() -> None:
     parser.add_argument("--extra", action="append", default=[], help="an override added to every run")
     parser.add_argument("--tasks", default="sst2", help="comma-separated GLUE tasks (data=...)")
     parser.add_argument("--out", default=None, help="output stem (default docs/benchmarks/<suite>)")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite <out>.md from the existing <out>.json (no runs)")
     parser.add_argument("--only", action="append", default=[],
                         help="run only the configurations whose label contains this text (repeatable)")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
-    log_root = ROOT / "outputs" / "suites" / args.suite
     stem = Path(args.out) if args.out else ROOT / "docs" / "benchmarks" / args.suite
+    log_root = ROOT / "outputs" / "suites" / stem.name
+    if args.render:
+        entries = json.loads(stem.with_suffix(".json").read_text())
+        print(write_records(stem, args.suite, entries, args.extra))
+        return
     entries, md = [], ""
     for task in args.tasks.split(","):
         for label, overrides in SUITES[args.suite]:
