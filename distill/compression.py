@@ -234,22 +234,11 @@ def build_compression_report(
         cands.append(Candidate("student_int8_ptq", ptq_int8, path, metrics.get("student_int8_ptq")))
         extra: dict[str, Any] = {}
         if onnx:
-            from distill.export.onnx import (
-                OnnxClassifier,
-                export_onnx,
-                model_input_names,
-                onnx_parity,
-                quantize_onnx_int8,
-                synthetic_batches,
-            )
+            from distill.export.onnx import OnnxClassifier, export_onnx_with_int8
 
-            fp32_path = export_onnx(student, art / "onnx" / "model.onnx")
-            int8_path = quantize_onnx_int8(fp32_path, art / "onnx" / "model.int8.onnx", embeddings=embeddings)
+            batches = list(dataloader) if dataloader is not None else None
+            _, int8_path, extra["onnx_parity"] = export_onnx_with_int8(student, art / "onnx", embeddings, batches)
             session = OnnxClassifier(int8_path)
-            batches = list(dataloader) if dataloader is not None else synthetic_batches(
-                student.config.vocab_size, with_token_types="token_type_ids" in model_input_names(student))
-            extra["onnx_parity"] = {"fp32": onnx_parity(student, fp32_path, batches),
-                                    "int8": onnx_parity(student, session, batches)}
             dataloader = batches
             cands.append(Candidate("student_onnx_int8", session, int8_path, metrics.get("student_onnx_int8"),
                                    param_model=student, notes={"runtime": "onnxruntime"}))

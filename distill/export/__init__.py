@@ -71,19 +71,9 @@ def export(path: str | Path, formats: str | Iterable[str] = FORMATS, out_dir: st
 
         written["int8"] = str(export_int8(model, out / "int8", tokenizer, embeddings=embeddings))
     if "onnx" in formats:
-        from distill.export.onnx import (
-            export_onnx,
-            model_input_names,
-            onnx_parity,
-            quantize_onnx_int8,
-            synthetic_batches,
-        )
+        from distill.export.onnx import export_onnx_with_int8
 
-        fp32 = export_onnx(model, out / "onnx" / "model.onnx")
-        int8 = quantize_onnx_int8(fp32, out / "onnx" / "model.int8.onnx", embeddings=embeddings)
-        batches = synthetic_batches(model.config.vocab_size,
-                                    with_token_types="token_type_ids" in model_input_names(model))
-        parity = {"fp32": onnx_parity(model, fp32, batches), "int8": onnx_parity(model, int8, batches)}
+        fp32, int8, parity = export_onnx_with_int8(model, out / "onnx", embeddings=embeddings)
         (out / "onnx" / "parity.json").write_text(json.dumps(parity, indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(out / "onnx")

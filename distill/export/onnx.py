@@ -157,3 +157,19 @@ def synthetic_batches(vocab_size: int, n_batches: int = 4, batch_size: int = 8, 
             batch["token_type_ids"] = torch.zeros_like(ids)
         out.append(batch)
     return out
+
+
+def export_onnx_with_int8(model: nn.Module, folder: str | Path, embeddings: bool = True,
+                          batches: list[Mapping[str, Any]] | None = None) -> tuple[Path, Path, dict[str, dict]]:
+    """``folder/model.onnx`` (fp32) and ``folder/model.int8.onnx`` (onnxruntime dynamic int8), with their
+    parity against ``model`` on ``batches`` (dev batches; random padded batches when None).
+
+    Returns ``(fp32 path, int8 path, {"fp32": parity, "int8": parity})``.
+    """
+    folder = Path(folder)
+    fp32 = export_onnx(model, folder / "model.onnx")
+    int8 = quantize_onnx_int8(fp32, folder / "model.int8.onnx", embeddings=embeddings)
+    if batches is None:
+        batches = synthetic_batches(model.config.vocab_size,
+                                    with_token_types="token_type_ids" in model_input_names(model))
+    return fp32, int8, {"fp32": onnx_parity(model, fp32, batches), "int8": onnx_parity(model, int8, batches)}
