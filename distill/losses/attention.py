@@ -70,9 +70,13 @@ class _AttentionTerm(HookedTerm):
     requires: frozenset[str] = frozenset({"qkv"})  # per instance: {"attentions"} for the HF-output sources
     _sources: tuple[str, ...] = ("scores",)
 
-    def __init__(self, layer_map, source: str, layer_reduction: str, student_config, teacher_config) -> None:
+    default_layer_map: str = "last_k"
+
+    def __init__(self, layer_map=None, source: str = "scores", layer_reduction: str = "sum", student_config=None,
+                 teacher_config=None) -> None:
         super().__init__()
         name = type(self).__name__
+        layer_map = self.default_layer_map if layer_map is None else layer_map
         if source not in self._sources:
             raise ConfigError(f"{name}.source={source!r} is not one of {', '.join(self._sources)}.")
         self.source = source
@@ -142,15 +146,7 @@ class AttentionScoreMSE(_AttentionTerm):
     _sources = ("scores", "log_probs")
     _names = ("query", "key")
 
-    def __init__(
-        self,
-        layer_map="uniform",
-        source: str = "scores",
-        layer_reduction: str = "sum",
-        student_config=None,
-        teacher_config=None,
-    ) -> None:
-        super().__init__(layer_map, source, layer_reduction, student_config, teacher_config)
+    default_layer_map = "uniform"
 
     def _centred_log_probs(self, probs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """log p − mean over real keys of log p, for (B, h, T, T) probabilities."""
@@ -186,15 +182,7 @@ class AttentionKL(_AttentionTerm):
     _sources = ("scores", "attentions")
     _names = ("query", "key")
 
-    def __init__(
-        self,
-        layer_map="last_k",
-        source: str = "scores",
-        layer_reduction: str = "sum",
-        student_config=None,
-        teacher_config=None,
-    ) -> None:
-        super().__init__(layer_map, source, layer_reduction, student_config, teacher_config)
+    default_layer_map = "last_k"
 
     def forward(self, student, teacher, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
         losses = []
