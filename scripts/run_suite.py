@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--extra", action="append", default=[], help="an override added to every run")
     parser.add_argument("--tasks", default="sst2", help="comma-separated GLUE tasks (data=...)")
     parser.add_argument("--out", default=None, help="output stem (default docs/benchmarks/<suite>)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the entries already in <out>.json, replacing those with the same label")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite <out>.md from the existing <out>.json (no runs)")
     parser.add_argument("--only", action="append", default=[],
@@ -111,6 +113,7 @@ def main() -> None:
         entries = json.loads(stem.with_suffix(".json").read_text())
         print(write_records(stem, args.suite, entries, args.extra))
         return
+    kept = json.loads(stem.with_suffix(".json").read_text()) if args.merge and stem.with_suffix(".json").is_file() else []
     entries, md = [], ""
     for task in args.tasks.split(","):
         for label, overrides in SUITES[args.suite]:
@@ -121,7 +124,9 @@ def main() -> None:
             print(f"running {name} ...", flush=True)
             entries.append(run_one(name, ov, log_root / f"{len(entries):02d}", env))
             print(f"  done in {entries[-1]['wall_s'] / 60:.1f} min (rc {entries[-1]['returncode']})", flush=True)
-            md = write_records(stem, args.suite, entries, args.extra)  # after every run: a stop loses nothing
+            fresh = {e["label"] for e in entries}
+            merged = [e for e in kept if e["label"] not in fresh] + entries
+            md = write_records(stem, args.suite, merged, args.extra)  # after every run: a stop loses nothing
     print(md)
 
 
