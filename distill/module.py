@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,10 @@ from distill.losses import DistillationObjective, HardLabelLoss
 from distill.metrics import build_metrics, predictions
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+# The frozen teacher sits in eval mode on purpose (no dropout); Lightning's generic notice about modules in
+# eval mode at the start of fit would send users looking for a problem that is not there.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class TaskModule(L.LightningModule):
