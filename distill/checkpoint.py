@@ -34,11 +34,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
+def run_signature(run_dir: Path) -> str | None:
+    """What makes two runs "the same run" for resuming: the composed config Hydra saved for the job
+    (``.hydra/config.yaml``: every preset's content, not just the command line, so editing a preset file
+    starts a fresh run) plus the command-line overrides. None when the folder has neither file."""
+    parts = [run_dir / ".hydra" / name for name in ("config.yaml", "overrides.yaml")]
+    if not any(p.is_file() for p in parts):
+        return None
+    return "\n---\n".join(p.read_text() if p.is_file() else "" for p in parts)
+
+
 def find_resume_checkpoint(ckpt_path: str | None, output_dir: Path, search_root: Path | None) -> str | None:
     """Resolve ``ckpt_path``: an explicit file, ``null`` (start fresh) or ``auto``.
 
     ``auto`` takes ``last.ckpt`` of this run directory if it exists, else that of the newest
-    unfinished run (no ``report.json``) under ``search_root`` launched with the same overrides.
+    unfinished run (no ``report.json``) under ``search_root`` with the same :func:`run_signature`.
     """
     if ckpt_path in (None, "", "none"):
         return None
@@ -49,14 +59,14 @@ def find_resume_checkpoint(ckpt_path: str | None, output_dir: Path, search_root:
         return str(own)
     if search_root is None or not search_root.is_dir():
         return None
-    overrides = output_dir / ".hydra" / "overrides.yaml"
-    mine = overrides.read_text() if overrides.is_file() else None
+    mine = run_signature(output_dir)
+    if mine is None:
+        return None
     candidates = []
     for last in search_root.glob("**/checkpoints/last.ckpt"):
         run = last.parent.parent
         if run == output_dir or (run / "report.json").exists():
             continue
-        theirs = run / ".hydra" / "overrides.yaml"
-        if mine is not None and theirs.is_file() and theirs.read_text() == mine:
+        if run_signature(run) == mine:
             candidates.append(last)
     return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None

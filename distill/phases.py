@@ -34,7 +34,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from distill.checkpoint import find_resume_checkpoint
+from distill.checkpoint import find_resume_checkpoint, run_signature
 from distill.config import build
 from distill.errors import ConfigError, DistillError
 from distill.module import DistillationModule
@@ -269,17 +269,15 @@ def _write_atomic(path: Path, write) -> None:
 def adopt_previous_run(cfg: DictConfig, output_dir: Path) -> None:
     """``ckpt_path=auto`` in a fresh run folder: copy ``phases/`` of the newest unfinished identical run.
 
-    "Identical" means the same ``.hydra/overrides.yaml`` (as for single-phase resume); finished runs
-    (with a ``report.json``) are never resumed.
+    "Identical" means the same :func:`distill.checkpoint.run_signature` (composed config and overrides, as
+    for single-phase resume); finished runs (with a ``report.json``) are never resumed.
     """
-    mine = output_dir / ".hydra" / "overrides.yaml"
-    if cfg.ckpt_path != "auto" or (output_dir / "phases").exists() or not mine.is_file():
+    mine = run_signature(output_dir)
+    if cfg.ckpt_path != "auto" or (output_dir / "phases").exists() or mine is None:
         return
     candidates = [
         d for d in output_dir.parent.glob("*/phases")
-        if d.parent != output_dir and not (d.parent / "report.json").exists()
-        and (d.parent / ".hydra" / "overrides.yaml").is_file()
-        and (d.parent / ".hydra" / "overrides.yaml").read_text() == mine.read_text()
+        if d.parent != output_dir and not (d.parent / "report.json").exists() and run_signature(d.parent) == mine
     ]
     if candidates:
         source = max(candidates, key=lambda d: d.stat().st_mtime)

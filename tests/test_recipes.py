@@ -90,13 +90,18 @@ def test_finished_phase_is_skipped_on_resume(make_cfg, tmp_path, caplog, monkeyp
 
 def test_fresh_run_folder_adopts_unfinished_identical_run(tmp_path, make_cfg):
     cfg = make_cfg("experiment=minilm_sst2")
-    old, new, other = tmp_path / "runs" / "old", tmp_path / "runs" / "new", tmp_path / "runs" / "other"
-    for run_dir, overrides in ((old, "- a=1\n"), (new, "- a=1\n"), (other, "- a=2\n")):
+    runs = tmp_path / "runs"
+    old, new, other, edited = runs / "old", runs / "new", runs / "other", runs / "edited"
+    for run_dir, overrides, config in ((old, "- a=1\n", "b: 1\n"), (new, "- a=1\n", "b: 1\n"),
+                                       (other, "- a=2\n", "b: 1\n"), (edited, "- a=1\n", "b: 2\n")):
         (run_dir / ".hydra").mkdir(parents=True)
         (run_dir / ".hydra" / "overrides.yaml").write_text(overrides)
+        (run_dir / ".hydra" / "config.yaml").write_text(config)
     (old / "phases" / "1-attention").mkdir(parents=True)
     (old / "phases" / "1-attention" / "done.json").write_text("{}")
     (other / "phases" / "1-attention").mkdir(parents=True)
+    adopt_previous_run(cfg, edited)  # same command, but a preset's content changed: a fresh run
+    assert not (edited / "phases").exists()
     adopt_previous_run(cfg, new)
     assert (new / "phases" / "1-attention" / "done.json").is_file()
     adopt_previous_run(cfg, other)  # different overrides: nothing to adopt, its own progress kept

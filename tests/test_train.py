@@ -172,3 +172,31 @@ def test_mismatched_student_vocab_is_refused(glue_dir, tiny_teacher, tmp_path, m
     code, err = _main_in_process([*fast_overrides(glue_dir, tiny_teacher, tmp_path / "cache"), f"paths.log_dir={tmp_path}",
                                   "student=pretrained", f"student.name_or_path={other}"], monkeypatch, capsys)
     assert code == 2 and "student vocabulary (999 tokens) does not match the teacher's" in err
+
+
+def test_auto_resume_needs_the_same_composed_config(tmp_path):
+    """ckpt_path=auto adopts an unfinished run only when command line *and* composed config match: a run
+    whose preset files changed since (same overrides) must start fresh, not load a stale checkpoint."""
+    from distill.checkpoint import find_resume_checkpoint
+
+    def run_dir(name, overrides, config, finished=False):
+        d = tmp_path / "runs" / name
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(overrides)
+        (d / ".hydra" / "config.yaml").write_text(config)
+        (d / "checkpoints").mkdir()
+        if name != "me":
+            (d / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        if finished:
+            (d / "report.json").write_text("{}")
+        return d
+
+    stale = run_dir("stale", "- student=tiny\n", "student:\n  init_embeddings: random\n")
+    same = run_dir("same", "- student=tiny\n", "student:\n  init_embeddings: teacher_pca\n")
+    run_dir("done", "- student=tiny\n", "student:\n  init_embeddings: teacher_pca\n", finished=True)
+    me = run_dir("me", "- student=tiny\n", "student:\n  init_embeddings: teacher_pca\n")
+    assert find_resume_checkpoint("auto", me, tmp_path / "runs") == str(same / "checkpoints" / "last.ckpt")
+    (same / "checkpoints" / "last.ckpt").unlink()
+    assert find_resume_checkpoint("auto", me, tmp_path / "runs") is None  # the stale one is never taken
+    assert stale.is_dir()
+    assert find_resume_checkpoint(None, me, tmp_path / "runs") is None
