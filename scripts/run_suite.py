@@ -69,13 +69,14 @@ def rows_of(entry: dict) -> list[dict]:
     return source.get("models") or source.get("rows") or []
 
 
-def to_markdown(suite: str, entries: list[dict], extra: list[str]) -> str:
+def to_markdown(suite: str, entries: list[dict], extra: list[str], note: str = "") -> str:
     lines = [f"# Suite `{suite}`", "", f"- date: {date.today()}",
              f"- hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU; this suite ran on cores "
              f"{','.join(map(str, sorted(os.sched_getaffinity(0))))} with torch threads: "
              f"{os.environ.get('OMP_NUM_THREADS', 'default')}",
              f"- command: `python scripts/run_suite.py {suite} {' '.join('--extra ' + e for e in extra)}`".rstrip(),
-             "- every run shares the teacher fine-tuned on the same task with the same settings", "",
+             "- every run shares the teacher fine-tuned on the same task with the same settings",
+             *([f"- note: {note}"] if note else []), "",
              "| configuration | model | metric | score | retention | params | size MB | ms/ex b1 | ex/s b32 | run time |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     fmt = lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="output stem (default docs/benchmarks/<suite>)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the entries already in <out>.json, replacing those with the same label")
+    parser.add_argument("--note", default="", help="a line for the record's header (conditions of the runs)")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite <out>.md from the existing <out>.json (no runs)")
     parser.add_argument("--only", action="append", default=[],
@@ -111,7 +113,7 @@ def main() -> None:
     log_root = ROOT / "outputs" / "suites" / stem.name
     if args.render:
         entries = json.loads(stem.with_suffix(".json").read_text())
-        print(write_records(stem, args.suite, entries, args.extra))
+        print(write_records(stem, args.suite, entries, args.extra, args.note))
         return
     kept = json.loads(stem.with_suffix(".json").read_text()) if args.merge and stem.with_suffix(".json").is_file() else []
     entries, md = [], ""
@@ -126,13 +128,13 @@ def main() -> None:
             print(f"  done in {entries[-1]['wall_s'] / 60:.1f} min (rc {entries[-1]['returncode']})", flush=True)
             fresh = {e["label"] for e in entries}
             merged = [e for e in kept if e["label"] not in fresh] + entries
-            md = write_records(stem, args.suite, merged, args.extra)  # after every run: a stop loses nothing
+            md = write_records(stem, args.suite, merged, args.extra, args.note)  # after every run: a stop loses nothing
     print(md)
 
 
-def write_records(stem: Path, suite: str, entries: list[dict], extra: list[str]) -> str:
+def write_records(stem: Path, suite: str, entries: list[dict], extra: list[str], note: str = "") -> str:
     stem.parent.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(suite, entries, extra)
+    md = to_markdown(suite, entries, extra, note)
     for suffix, text in ((".md", md), (".json", json.dumps(entries, indent=2, default=str))):
         tmp = stem.with_suffix(suffix + ".tmp")
         tmp.write_text(text)
