@@ -30,6 +30,7 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         ("tiny, CE only", ["student=tiny", "loss=ce"]),
         ("tiny, soft KL + CE", ["student=tiny", "loss=kd"]),
         ("tiny, TinyBERT recipe (general + 2 phases)", ["experiment=tinybert_sst2"]),
+        ("tiny, TinyBERT recipe + augmentation", ["experiment=tinybert_aug_sst2"]),
         ("distil, DistilBERT recipe", ["experiment=distilbert_sst2"]),
     ],
     "quant": [
