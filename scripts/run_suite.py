@@ -56,7 +56,13 @@ def run_one(label: str, overrides: list[str], log_dir: Path, env: dict[str, str]
     if proc.returncode != 0:
         entry["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return entry
-    reports = sorted(log_dir.glob("**/report.json"), key=lambda p: p.stat().st_mtime)
+    started = time.time() - wall
+    # only a report this command wrote: a stopped run (Lightning exits 0 on SIGTERM) must not borrow an older one
+    reports = sorted((p for p in log_dir.glob("**/report.json") if p.stat().st_mtime >= started),
+                     key=lambda p: p.stat().st_mtime)
+    if not reports:
+        entry.update(returncode=entry["returncode"] or 1, error="the run wrote no report.json (stopped early?)")
+        return entry
     run_dir = reports[-1].parent
     entry["run_dir"] = str(run_dir)
     entry["report"] = json.loads(reports[-1].read_text())

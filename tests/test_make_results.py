@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, write_glue_fixture
 
 
 def _entry(task, label, command, teacher, student, wall=120.0, compression=None, rc=0):
@@ -55,3 +55,17 @@ def test_make_results_names_a_missing_record(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_results.py"), str(tmp_path / "nope.json")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "no such suite record" in proc.stderr
+
+
+def test_make_results_flags_a_student_at_the_majority_class(tmp_path):
+    glue = write_glue_fixture(tmp_path / "glue")  # SST-2 dev: 20 rows, half of each label
+    record = [_entry("sst2", "tiny, TinyBERT two-stage", "python train.py experiment=tinybert_sst2", 0.52, 0.5)]
+    (tmp_path / "glue.json").write_text(json.dumps(record))
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_results.py"), str(tmp_path / "glue.json"),
+                           "--out", str(out), "--data-dir", str(glue)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = out.read_text().splitlines()
+    assert "| sst2 | – / 872 | majority class | – | accuracy | 0.5000 | | accuracy 0.5000 | | | | | | |" in lines
+    assert ("- sst2, `tiny` (tiny, TinyBERT two-stage): retention 96.2% (target ≥ 95%): NOT met: the student "
+            "scores no better than always predicting the majority class") in lines
