@@ -99,8 +99,8 @@ def to_markdown(suite: str, entries: list[dict], extra: list[str], note: str = "
                 f"| {e['label']} | {r.get('model')} | {r.get('metric', '')} | {fmt(r.get('score'), '{:.4f}')} | "
                 f"{fmt(r.get('retention'), '{:.1%}')} | {fmt(r.get('parameters'), '{:,}')} | {fmt(r.get('size_mb'), '{:.1f}')} | "
                 f"{fmt(r.get('latency_ms'), '{:.1f}')} | {fmt(r.get('throughput_eps'), '{:.1f}')} | {e['wall_s'] / 60:.1f} min |")
-    lines += ["", "Commands (each also gets `paths.log_dir=<tmp>` and the extra overrides):", ""]
-    lines += [f"- {e['label']}: `{e['command']} {' '.join(extra)}`".rstrip() for e in entries]
+    lines += ["", "Commands (each also gets `paths.log_dir=<tmp>`):", ""]
+    lines += [f"- {e['label']}: `{e['command']}`" for e in entries]
     return "\n".join(lines) + "\n"
 
 
