@@ -51,7 +51,7 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
 
 def run_one(label: str, overrides: list[str], log_dir: Path, env: dict[str, str]) -> dict:
     cmd = [sys.executable, "train.py", *overrides, f"paths.log_dir={log_dir}"]
-    t0 = time.perf_counter()
+    started, t0 = time.time(), time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     entry = {"label": label, "command": "python train.py " + " ".join(overrides), "wall_s": round(wall, 1),
@@ -59,7 +59,6 @@ def run_one(label: str, overrides: list[str], log_dir: Path, env: dict[str, str]
     if proc.returncode != 0:
         entry["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return entry
-    started = time.time() - wall
     # only a report this command wrote: a stopped run (Lightning exits 0 on SIGTERM) must not borrow an older one
     reports = sorted((p for p in log_dir.glob("**/report.json") if p.stat().st_mtime >= started),
                      key=lambda p: p.stat().st_mtime)

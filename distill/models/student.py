@@ -67,8 +67,8 @@ def init_embeddings_from_teacher(student: PreTrainedModel, teacher: PreTrainedMo
     vectors of ``E − mean(E)``: the directions along which the teacher's vocabulary varies most. The
     student's word, position and token-type tables are the teacher's multiplied by ``P`` (the teacher's
     own tables when the widths are equal; in the first H_t columns when the student is wider), so words
-    the teacher places close together start close together in the student. Embedding LayerNorms keep their default init (the teacher's act per
-    teacher dimension, which ``P`` mixes).
+    the teacher places close together start close together in the student. Embedding LayerNorms keep
+    their default init (the teacher's act per teacher dimension, which ``P`` mixes).
     """
     s_emb, t_emb = student.get_input_embeddings(), teacher.get_input_embeddings()
     h_s, h_t = s_emb.weight.shape[1], t_emb.weight.shape[1]
@@ -77,20 +77,20 @@ def init_embeddings_from_teacher(student: PreTrainedModel, teacher: PreTrainedMo
             f"student.init_embeddings=teacher_pca needs the teacher's vocabulary; sizes {s_emb.weight.shape[0]} "
             f"and {t_emb.weight.shape[0]} differ."
         )
-    words = t_emb.weight.double()  # (V, H_t)
     if h_s >= h_t:  # the teacher's tables fill the first H_t columns; any extra columns keep their random init
         proj = torch.eye(h_t, h_s, dtype=torch.float64)
     else:
+        words = t_emb.weight.double()  # (V, H_t)
         _, _, vh = torch.linalg.svd(words - words.mean(0), full_matrices=False)  # vh: (H_t, H_t)
         proj = vh[:h_s].T  # (H_t, H_s)
     s_mod, t_mod = student.base_model.embeddings, teacher.base_model.embeddings
+    cols = min(h_s, h_t)
     for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
         s_tab, t_tab = getattr(s_mod, name, None), getattr(t_mod, name, None)
         if s_tab is None or t_tab is None:
             continue
         if s_tab.weight.shape[0] != t_tab.weight.shape[0]:
             raise ConfigError(f"student.init_embeddings=teacher_pca: the {name} tables differ in rows.")
-        cols = min(h_s, h_t)
         s_tab.weight[:, :cols] = (t_tab.weight.double() @ proj[:, :cols]).to(s_tab.weight.dtype)  # (rows, cols)
     return proj.to(s_emb.weight.dtype)
 
