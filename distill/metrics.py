@@ -15,6 +15,18 @@ from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 from distill.data.tasks import TaskSpec
 
 
+class MatthewsCorrCoef(BinaryMatthewsCorrCoef):
+    """Binary MCC as GLUE scores CoLA (scikit-learn's convention): 0 when the predictions or the targets hold
+    a single class, where the coefficient is 0/0. torchmetrics fills that case with a small non-zero value
+    (0.0256 for an all-"acceptable" predictor on CoLA dev), which would credit a collapsed student."""
+
+    def compute(self) -> torch.Tensor:
+        tn, fp, fn, tp = self.confmat.double().flatten()
+        if ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) == 0:
+            return torch.zeros((), dtype=torch.float32, device=self.confmat.device)
+        return super().compute()
+
+
 def build_metrics(task: TaskSpec) -> MetricCollection:
     """A ``MetricCollection`` keyed by the task's GLUE metric names (``accuracy``, ``f1``, ...).
 
@@ -23,7 +35,7 @@ def build_metrics(task: TaskSpec) -> MetricCollection:
     factories = {
         "accuracy": (lambda: BinaryAccuracy()) if task.num_labels == 2 else (lambda: MulticlassAccuracy(task.num_labels)),
         "f1": BinaryF1Score,
-        "matthews": BinaryMatthewsCorrCoef,
+        "matthews": MatthewsCorrCoef,
         "pearson": PearsonCorrCoef,
         "spearman": SpearmanCorrCoef,
     }

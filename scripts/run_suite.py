@@ -45,6 +45,7 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
     "glue": [
         ("distil, DistilBERT recipe", ["experiment=distilbert_sst2"]),
         ("tiny, TinyBERT two-stage", ["experiment=tinybert_sst2"]),
+        ("tiny, TinyBERT two-stage + augmentation", ["experiment=tinybert_aug_sst2"]),
     ],
 }
 

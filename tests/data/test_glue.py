@@ -111,6 +111,22 @@ def test_metrics_hand_computed():
     assert float(stsb["spearman"]) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_matthews_is_zero_for_a_single_class_predictor_accumulated_over_batches():
+    # GLUE / scikit-learn convention; torchmetrics alone gives 0.0256 for CoLA dev's 721 vs 322 split
+    metric = build_metrics(get_task("cola"))["matthews"]
+    target = torch.tensor([1] * 721 + [0] * 322)
+    for chunk in target.split(128):
+        metric.update(torch.ones_like(chunk), chunk)
+    assert float(metric.compute()) == 0.0
+    metric.reset()
+    metric.update(torch.tensor([1, 0, 1, 0]), torch.tensor([1, 1, 1, 1]))  # a single target class
+    assert float(metric.compute()) == 0.0
+    metric.reset()
+    metric.update(torch.tensor([1, 1]), torch.tensor([1, 0]))
+    metric.update(torch.tensor([0, 0]), torch.tensor([0, 0]))  # the hand-computed case above, in two batches
+    assert float(metric.compute()) == pytest.approx(1 / 3**0.5)
+
+
 def test_every_task_has_a_metric_factory():
     for spec in TASKS.values():
         assert set(build_metrics(spec).keys()) == set(spec.metrics)
