@@ -76,7 +76,10 @@ def main() -> None:
             print(f"pipeline check failed: {err!r}", file=sys.stderr)
             shipped = float("nan")
     result = {
-        "date": str(date.today()), "hardware": f"{cpu_name()}, {os.cpu_count()} cores, no GPU",
+        "date": str(date.today()),
+        "hardware": f"{cpu_name()}, {os.cpu_count()} cores, no GPU; ran on cores "
+                    f"{','.join(map(str, sorted(os.sched_getaffinity(0))))} with torch threads: "
+                    f"{os.environ.get('OMP_NUM_THREADS', 'default')}",
         "command": "python train.py student=tiny " + " ".join(extra), "cold_run_s": round(cold, 1),
         "warm_run_s": round(warm, 1), "teacher_reused": reused, "pipeline_dev_accuracy": shipped,
         "report": rows,

@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--render", action="store_true",
                         help="only rewrite <out>.md from the existing <out>.json (no runs)")
     parser.add_argument("--only", action="append", default=[],
-                        help="run only the configurations whose label contains this text (repeatable)")
+                        help="run only this configuration (its whole label) or those whose label contains this text (repeatable)")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
     stem = Path(args.out) if args.out else ROOT / "docs" / "benchmarks" / args.suite
@@ -129,7 +129,7 @@ def main() -> None:
     entries, md = [], ""
     for task in args.tasks.split(","):
         for label, overrides in SUITES[args.suite]:
-            if args.only and not any(text in label for text in args.only):
+            if args.only and not selected(label, args.only, [lab for lab, _ in SUITES[args.suite]]):
                 continue
             ov = [*overrides, f"data={task}", *args.extra] if task != "sst2" or args.suite == "glue" else [*overrides, *args.extra]
             name = f"{task}: {label}" if args.suite == "glue" else label
@@ -140,6 +140,11 @@ def main() -> None:
             merged = [e for e in kept if e["label"] not in fresh] + entries
             md = write_records(stem, args.suite, merged, args.extra, args.note)  # after every run: a stop loses nothing
     print(md)
+
+
+def selected(label: str, only: list[str], labels: list[str]) -> bool:
+    """``--only`` texts: a whole label picks that one configuration, other text every label containing it."""
+    return any(label == text or (text not in labels and text in label) for text in only)
 
 
 def write_records(stem: Path, suite: str, entries: list[dict], extra: list[str], note: str = "") -> str:

@@ -1,0 +1,25 @@
+"""scripts/run_suite.py: which configurations ``--only`` picks (no training)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from run_suite import SUITES, selected  # noqa: E402
+
+
+def pick(suite: str, only: list[str]) -> list[str]:
+    labels = [label for label, _ in SUITES[suite]]
+    return [label for label in labels if selected(label, only, labels)]
+
+
+def test_a_whole_label_picks_only_that_configuration():
+    # "tiny, TinyBERT two-stage" is also the start of the augmentation recipe's label
+    assert pick("glue", ["tiny, TinyBERT two-stage"]) == ["tiny, TinyBERT two-stage"]
+
+
+def test_other_text_picks_every_label_containing_it():
+    assert pick("glue", ["TinyBERT"]) == ["tiny, TinyBERT two-stage", "tiny, TinyBERT two-stage + augmentation"]
+    assert pick("objectives", ["1125 steps"]) == ["tiny, soft KL + CE, 1125 steps", "tiny, CE only, 1125 steps"]
+    assert pick("quant", ["no such configuration"]) == []
