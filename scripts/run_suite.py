@@ -34,6 +34,9 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         # the augmentation recipe takes 1125 task steps (12000 rows x 3 epochs / 32): the baselines at that length
         ("tiny, soft KL + CE, 1125 steps", ["student=tiny", "loss=kd", "trainer.max_epochs=9"]),
         ("tiny, CE only, 1125 steps", ["student=tiny", "loss=ce", "trainer.max_epochs=9"]),
+        # a second seed for the comparison that decides the recipe's margin (init, dropout, batch order)
+        ("tiny, TinyBERT recipe + augmentation, seed 1", ["experiment=tinybert_aug_sst2", "seed=1"]),
+        ("tiny, soft KL + CE, 1125 steps, seed 1", ["student=tiny", "loss=kd", "trainer.max_epochs=9", "seed=1"]),
         ("distil, DistilBERT recipe", ["experiment=distilbert_sst2"]),
     ],
     "quant": [
