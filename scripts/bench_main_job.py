@@ -34,6 +34,12 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def placement() -> str:
+    """Which cores this process may use and its torch thread setting (timings depend on both)."""
+    cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    return f"cores {cores} with torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}"
+
+
 def run_job(args: list[str], env: dict[str, str], log_dir: Path) -> tuple[float, Path, str]:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "train.py", "student=tiny", f"paths.log_dir={log_dir}", *args],
@@ -77,9 +83,7 @@ def main() -> None:
             shipped = float("nan")
     result = {
         "date": str(date.today()),
-        "hardware": f"{cpu_name()}, {os.cpu_count()} cores, no GPU; ran on cores "
-                    f"{','.join(map(str, sorted(os.sched_getaffinity(0))))} with torch threads: "
-                    f"{os.environ.get('OMP_NUM_THREADS', 'default')}",
+        "hardware": f"{cpu_name()}, {os.cpu_count()} cores, no GPU; ran on {placement()}",
         "command": "python train.py student=tiny " + " ".join(extra), "cold_run_s": round(cold, 1),
         "warm_run_s": round(warm, 1), "teacher_reused": reused, "pipeline_dev_accuracy": shipped,
         "report": rows,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_main_job import cpu_name  # noqa: E402
+from bench_main_job import cpu_name, placement  # noqa: E402
 
 # suite → list of (label, overrides). Same student size and number of steps within a comparison.
 SUITES: dict[str, list[tuple[str, list[str]]]] = {
@@ -86,9 +86,7 @@ def rows_of(entry: dict) -> list[dict]:
 
 def to_markdown(suite: str, entries: list[dict], extra: list[str], note: str = "") -> str:
     lines = [f"# Suite `{suite}`", "", f"- date: {date.today()}",
-             f"- hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU; this suite ran on cores "
-             f"{','.join(map(str, sorted(os.sched_getaffinity(0))))} with torch threads: "
-             f"{os.environ.get('OMP_NUM_THREADS', 'default')}",
+             f"- hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU; this suite ran on {placement()}",
              f"- command: `python scripts/run_suite.py {suite} {' '.join('--extra ' + e for e in extra)}`".rstrip(),
              "- every run shares the teacher fine-tuned on the same task with the same settings",
              *([f"- note: {note}"] if note else []), "",
