@@ -61,7 +61,7 @@ def run_one(label: str, overrides: list[str], log_dir: Path, env: dict[str, str]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     entry = {"label": label, "command": "python train.py " + " ".join(overrides), "wall_s": round(wall, 1),
-             "returncode": proc.returncode}
+             "returncode": proc.returncode, "placement": placement()}
     if proc.returncode != 0:
         entry["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return entry
@@ -85,8 +85,10 @@ def rows_of(entry: dict) -> list[dict]:
 
 
 def to_markdown(suite: str, entries: list[dict], extra: list[str], note: str = "") -> str:
+    # where each run ran, as it recorded it (a --render elsewhere must not restate it); older records: here
+    where = "; ".join(dict.fromkeys(e.get("placement") or placement() for e in entries)) or placement()
     lines = [f"# Suite `{suite}`", "", f"- date: {date.today()}",
-             f"- hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU; this suite ran on {placement()}",
+             f"- hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU; this suite ran on {where}",
              f"- command: `python scripts/run_suite.py {suite} {' '.join('--extra ' + e for e in extra)}`".rstrip(),
              "- every run shares the teacher fine-tuned on the same task with the same settings",
              *([f"- note: {note}"] if note else []), "",

@@ -23,3 +23,11 @@ def test_other_text_picks_every_label_containing_it():
     assert pick("glue", ["TinyBERT"]) == ["tiny, TinyBERT two-stage", "tiny, TinyBERT two-stage + augmentation"]
     assert pick("objectives", ["CE only"]) == ["tiny, CE only", "tiny, CE only, 1125 steps"]
     assert pick("quant", ["no such configuration"]) == []
+
+
+def test_the_record_states_where_its_runs_ran_not_where_it_is_rendered():
+    from run_suite import to_markdown
+
+    entries = [{"label": "a", "command": "python train.py", "wall_s": 60.0, "returncode": 0,
+                "placement": "cores 1 with torch threads: 1", "report": {"models": []}}]
+    assert "this suite ran on cores 1 with torch threads: 1" in to_markdown("glue", entries, [])
