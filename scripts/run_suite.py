@@ -132,9 +132,10 @@ def main() -> None:
         return
     kept = json.loads(stem.with_suffix(".json").read_text()) if args.merge and stem.with_suffix(".json").is_file() else []
     entries, md = [], ""
+    labels = [label for label, _ in SUITES[args.suite]]
     for task in args.tasks.split(","):
         for label, overrides in SUITES[args.suite]:
-            if args.only and not selected(label, args.only, [lab for lab, _ in SUITES[args.suite]]):
+            if args.only and not selected(label, args.only, labels):
                 continue
             ov = [*overrides, f"data={task}", *args.extra] if task != "sst2" or args.suite == "glue" else [*overrides, *args.extra]
             name = f"{task}: {label}" if args.suite == "glue" else label
