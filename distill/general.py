@@ -11,7 +11,7 @@ Text: every line of ``general.text_files``, or by default every training sentenc
 found in ``data.data_dir`` (both sentences of pair tasks), deduplicated, then a seeded random subset of
 ``general.max_samples``. With ``general.before_distill: true``, ``stage=distill`` runs this first,
 caches the result under ``paths.cache_dir/general/<key>`` (key: teacher, student, loss, optimizer,
-settings, seed and the texts themselves) and reuses it whenever the same settings come back.
+settings, ``general.seed`` and the texts themselves) and reuses it whenever the same settings come back.
 """
 
 from __future__ import annotations
@@ -83,7 +83,17 @@ def collect_texts(data_dir: str | Path | None, text_files=None, max_samples: int
 
 def general_texts(cfg: DictConfig) -> list[str]:
     g = cfg.general
-    return collect_texts(cfg.data.get("data_dir"), g.text_files, g.max_samples, cfg.seed)
+    return collect_texts(cfg.data.get("data_dir"), g.text_files, g.max_samples, general_seed(cfg))
+
+
+def general_seed(cfg: DictConfig) -> int:
+    """``general.seed`` (the text subset, the student's init, the batch order); unset: the run's ``seed``.
+
+    Set apart so that task runs with several seeds can start from one general student, as TinyBERT's
+    task runs all start from its one released general model.
+    """
+    seed = cfg.general.get("seed")
+    return cfg.seed if seed is None else seed
 
 
 class TextDataModule(L.LightningDataModule):
@@ -159,7 +169,7 @@ def train_general(cfg: DictConfig, work_dir: Path, texts: list[str]) -> dict[str
     g = cfg.general
     gcfg = general_config(cfg, work_dir)
     build(gcfg.loss, "general.loss", terms={}, weights={})
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(general_seed(cfg), workers=True)
     student, teacher = load_models(cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(g.teacher))
     check_pair(student, teacher, tokenizer)
@@ -218,7 +228,7 @@ def general_key(cfg: DictConfig, texts: list[str]) -> str:
     plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("student", "optimizer", "scheduler")}
     settings = {k: g[k] for k in ("method", "max_length", "batch_size", "max_epochs", "max_steps", "mask_prob")}
     blob = json.dumps({"teacher": str(g.teacher), "loss": OmegaConf.to_container(g.loss, resolve=True),
-                       "seed": cfg.seed, "texts": hashlib.sha1("\n".join(texts).encode()).hexdigest(),
+                       "seed": general_seed(cfg), "texts": hashlib.sha1("\n".join(texts).encode()).hexdigest(),
                        **plain, **settings}, sort_keys=True, default=str)
     stem = Path(str(g.teacher).rstrip("/")).name
     stem = Path(str(g.teacher).rstrip("/")).parent.name if stem == "model" else stem

@@ -39,6 +39,12 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         ("tiny, soft KL + CE, 1125 steps, seed 1", ["student=tiny", "loss=kd", "trainer.max_epochs=9", "seed=1"]),
         # TinyBERT's from-scratch embeddings instead of the teacher's projected ones (the default)
         ("tiny, soft KL + CE, random embeddings", ["student=tiny", "loss=kd", "student.init_embeddings=random"]),
+        # general distillation on every GLUE training sentence in the data folder (97,617) instead of 20,000;
+        # the seed-1 run starts from that same general student (general.seed=42), as TinyBERT reuses one
+        ("tiny, TinyBERT recipe + augmentation, general on all GLUE sentences",
+         ["experiment=tinybert_aug_sst2", "general.max_samples=null"]),
+        ("tiny, TinyBERT recipe + augmentation, general on all GLUE sentences, seed 1",
+         ["experiment=tinybert_aug_sst2", "general.max_samples=null", "general.seed=42", "seed=1"]),
         ("distil, DistilBERT recipe", ["experiment=distilbert_sst2"]),
     ],
     "quant": [
@@ -51,6 +57,9 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         ("distil, DistilBERT recipe", ["experiment=distilbert_sst2"]),
         ("tiny, TinyBERT two-stage", ["experiment=tinybert_sst2"]),
         ("tiny, TinyBERT two-stage + augmentation", ["experiment=tinybert_aug_sst2"]),
+        # the learning-rate probe on SST-2 (docs/benchmarks/lr_probe_tiny.md) found 3e-4 better than the default for tiny
+        ("tiny, soft KL + CE, lr 3e-4", ["student=tiny", "loss=kd", "optimizer.lr=3e-4"]),
+        ("distil, DistilBERT recipe + QAT int8", ["experiment=distilbert_sst2", "quant=qat_int8"]),
     ],
 }
 

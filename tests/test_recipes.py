@@ -59,6 +59,14 @@ def test_general_student_is_cached_and_reused(make_cfg, tmp_path, caplog):
     assert (cached / "model.safetensors").stat().st_mtime_ns == stamp
     run(make_cfg(*args, "general.max_samples=20", output="third"))  # other texts, other cache entry
     assert len(list((tmp_path / "cache" / "general").iterdir())) == 2
+    # another task seed starts from the same general student when general.seed pins it ...
+    run(make_cfg(*args, "seed=1", "general.seed=42", output="fourth"))
+    assert not (tmp_path / "fourth" / "general").exists()
+    assert len(list((tmp_path / "cache" / "general").iterdir())) == 2
+    # ... and, unset, the general seed follows the run's: a new general student
+    run(make_cfg(*args, "seed=1", output="fifth"))
+    assert (tmp_path / "fifth" / "general").is_dir()
+    assert len(list((tmp_path / "cache" / "general").iterdir())) == 3
 
 
 def test_finished_phase_is_skipped_on_resume(make_cfg, tmp_path, caplog, monkeypatch):

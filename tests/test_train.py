@@ -113,6 +113,7 @@ BAD_INPUTS = [
     (["teacher.name_or_path=/nonexistent/model"], "teacher.name_or_path='/nonexistent/model' is not a local model"),
     (["data.max_train_samples=-3"], "data.max_train_samples=-3 must be a positive number"),
     (["student.hidden_size=100", "student.num_attention_heads=3"], "must be divisible by"),
+    (["general.seed=first"], "general.seed='first' must be an integer, or null for the run's seed"),
 ]
 
 
