@@ -15,6 +15,9 @@ A finished phase leaves ``student.pt`` (the student's weights) and ``done.json``
 run folder — or, with ``ckpt_path=auto``, a fresh run launched with the same overrides — skips the
 finished phases and resumes the unfinished one from its ``last.ckpt``. Intermediate phases hand on
 their last weights; the final phase restores its best checkpoint (by ``val/score``) like a plain run.
+With ``quant=qat_int8`` only the final phase trains with fake quantization (``quant.start_fraction`` of
+that phase's steps): matching the teacher's attention or hidden states in int8 would fit weights that
+the prediction phase moves anyway.
 """
 
 from __future__ import annotations
@@ -231,7 +234,7 @@ def _fit_one(pcfg, phase: Phase, n: int, objective, student, teacher, dm, output
         optimizer=build(pcfg.optimizer, "optimizer"), scheduler=build(pcfg.scheduler, "scheduler"),
     )
     phase.out_dir.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(pcfg, phase.out_dir)
+    trainer = build_trainer(pcfg, phase.out_dir, with_quant=phase.final)  # QAT: the last phase only
     ckpt = find_resume_checkpoint(pcfg.ckpt_path, phase.out_dir, None if multi else output_dir.parent)
     if multi:
         log.info("Phase %d/%d %s: %s epochs, loss terms %s, in %s", phase.index + 1, n, phase.name,

@@ -41,10 +41,15 @@ def build_datamodule(cfg: DictConfig, tokenizer: str) -> GLUEDataModule:
     return dm
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, *, with_callbacks: bool = True, **overrides: Any) -> L.Trainer:
-    """Lightning Trainer from ``cfg.trainer`` with the configured callbacks and loggers and atomic checkpoints."""
+def build_trainer(cfg: DictConfig, output_dir: Path, *, with_callbacks: bool = True, with_quant: bool = True,
+                  **overrides: Any) -> L.Trainer:
+    """Lightning Trainer from ``cfg.trainer`` with the configured callbacks and loggers and atomic checkpoints.
+
+    ``with_quant=False`` leaves out the ``quant.callback`` (QAT): multi-phase runs train with it in their
+    final phase only, where the shipped student's weights are settled.
+    """
     callbacks = [build(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items() if node] if with_callbacks else []
-    quant_cb = cfg.get("quant", {}).get("callback") if with_callbacks else None
+    quant_cb = cfg.get("quant", {}).get("callback") if with_callbacks and with_quant else None
     if quant_cb:
         callbacks.append(build(quant_cb, "quant.callback"))
     loggers = [build(node, f"logger.{name}") for name, node in (cfg.logger or {}).items() if node] if with_callbacks else []

@@ -60,6 +60,7 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         # the learning-rate probe on SST-2 (docs/benchmarks/lr_probe_tiny.md) found 3e-4 better than the default for tiny
         ("tiny, soft KL + CE, lr 3e-4", ["student=tiny", "loss=kd", "optimizer.lr=3e-4"]),
         ("distil, DistilBERT recipe + QAT int8", ["experiment=distilbert_sst2", "quant=qat_int8"]),
+        ("tiny, TinyBERT two-stage + QAT int8", ["experiment=tinybert_sst2", "quant=qat_int8"]),
     ],
 }
 
