@@ -51,9 +51,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"ckpt_path={cfg.ckpt_path!r} must be null, auto or a checkpoint file.")
     if cfg.stage == "eval" and not cfg.eval.model_path:
         raise ConfigError("eval.model_path is not set; stage=eval needs a saved model folder (e.g. a run's student/).")
-    general_seed = cfg.general.get("seed") if "general" in cfg else None
-    if general_seed is not None and (isinstance(general_seed, bool) or not isinstance(general_seed, int)):
-        raise ConfigError(f"general.seed={general_seed!r} must be an integer, or null for the run's seed.")
+    general = cfg.get("general") or {}
+    seed, lr = general.get("seed"), general.get("lr")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"general.seed={seed!r} must be an integer, or null for the run's seed.")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+        raise ConfigError(f"general.lr={lr!r} must be a positive number, or null for optimizer.lr.")
     if cfg.eval.split not in ("train", "dev"):
         raise ConfigError(f"eval.split={cfg.eval.split!r} is not allowed; use train or dev.")
 

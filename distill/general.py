@@ -153,6 +153,7 @@ def general_config(cfg: DictConfig, work_dir: Path) -> DictConfig:
         raise ConfigError(f"general.method={g.method!r} is not allowed; use one of {', '.join(METHODS)}.")
     out = copy.deepcopy(cfg)
     with open_dict(out):
+        out.optimizer = general_optimizer(cfg)
         out.loss = g.loss
         out.trainer.max_epochs, out.trainer.max_steps = g.max_epochs, g.max_steps
         out.paths.output_dir = str(work_dir)
@@ -222,10 +223,19 @@ def cached_general_student(cfg: DictConfig, output_dir: Path) -> Path:
     return final
 
 
+def general_optimizer(cfg: DictConfig) -> DictConfig:
+    """The run's ``optimizer``, with ``general.lr`` as its learning rate when that is set."""
+    lr = cfg.general.get("lr")  # checked by distill.config.validate
+    if lr is None:
+        return cfg.optimizer
+    return OmegaConf.merge(cfg.optimizer, {"lr": float(lr)})
+
+
 def general_key(cfg: DictConfig, texts: list[str]) -> str:
     """Cache folder name: teacher stem, method and a hash of everything that shapes the general student."""
     g = cfg.general
-    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("student", "optimizer", "scheduler")}
+    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("student", "scheduler")}
+    plain["optimizer"] = OmegaConf.to_container(general_optimizer(cfg), resolve=True)
     settings = {k: g[k] for k in ("method", "max_length", "batch_size", "max_epochs", "max_steps", "mask_prob")}
     blob = json.dumps({"teacher": str(g.teacher), "loss": OmegaConf.to_container(g.loss, resolve=True),
                        "seed": general_seed(cfg), "texts": hashlib.sha1("\n".join(texts).encode()).hexdigest(),

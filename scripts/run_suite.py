@@ -61,6 +61,9 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         ("tiny, soft KL + CE, lr 3e-4", ["student=tiny", "loss=kd", "optimizer.lr=3e-4"]),
         ("distil, DistilBERT recipe + QAT int8", ["experiment=distilbert_sst2", "quant=qat_int8"]),
         ("tiny, TinyBERT two-stage + QAT int8", ["experiment=tinybert_sst2", "quant=qat_int8"]),
+        # the general student distilled once on all GLUE sentences at 1e-4, the task phases at 3e-4
+        ("tiny, TinyBERT two-stage, general on all GLUE sentences, task lr 3e-4",
+         ["experiment=tinybert_sst2", "general.max_samples=null", "general.lr=1e-4", "optimizer.lr=3e-4"]),
     ],
 }
 

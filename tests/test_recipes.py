@@ -67,6 +67,19 @@ def test_general_student_is_cached_and_reused(make_cfg, tmp_path, caplog):
     run(make_cfg(*args, "seed=1", output="fifth"))
     assert (tmp_path / "fifth" / "general").is_dir()
     assert len(list((tmp_path / "cache" / "general").iterdir())) == 3
+    # the task runs' learning rate leaves the general student alone when general.lr keeps the general one
+    run(make_cfg(*args, "optimizer.lr=3e-4", "general.lr=1e-4", output="sixth"))
+    assert not (tmp_path / "sixth" / "general").exists()
+    run(make_cfg(*args, "optimizer.lr=3e-4", output="seventh"))  # general.lr unset: the run's 3e-4
+    assert len(list((tmp_path / "cache" / "general").iterdir())) == 4
+
+
+def test_general_lr_sets_the_general_stage_optimizer_only(make_cfg):
+    from distill.general import general_config
+
+    cfg = make_cfg("experiment=tinybert_sst2", "optimizer.lr=3e-4", "general.lr=5e-5")
+    assert general_config(cfg, Path("unused")).optimizer.lr == 5e-5 and cfg.optimizer.lr == 3e-4
+    assert general_config(make_cfg("optimizer.lr=3e-4"), Path("unused")).optimizer.lr == 3e-4
 
 
 def test_finished_phase_is_skipped_on_resume(make_cfg, tmp_path, caplog, monkeypatch):

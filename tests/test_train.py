@@ -114,6 +114,7 @@ BAD_INPUTS = [
     (["data.max_train_samples=-3"], "data.max_train_samples=-3 must be a positive number"),
     (["student.hidden_size=100", "student.num_attention_heads=3"], "must be divisible by"),
     (["general.seed=first"], "general.seed='first' must be an integer, or null for the run's seed"),
+    (["general.lr=-1e-4"], "general.lr=-0.0001 must be a positive number, or null for optimizer.lr"),
 ]
 
 
