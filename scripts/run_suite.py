@@ -59,6 +59,9 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         ("tiny, TinyBERT two-stage + augmentation", ["experiment=tinybert_aug_sst2"]),
         # the learning-rate probe on SST-2 (docs/benchmarks/lr_probe_tiny.md) found 3e-4 better than the default for tiny
         ("tiny, soft KL + CE, lr 3e-4", ["student=tiny", "loss=kd", "optimizer.lr=3e-4"]),
+        # regression (STS-B): MSE to the teacher's score + MSE to the label, longer at the higher lr
+        ("tiny, logit MSE + MSE, lr 3e-4, 10 epochs", ["student=tiny", "loss=kd_mse", "optimizer.lr=3e-4",
+                                                       "trainer.max_epochs=10"]),
         ("distil, DistilBERT recipe + QAT int8", ["experiment=distilbert_sst2", "quant=qat_int8"]),
         ("tiny, TinyBERT two-stage + QAT int8", ["experiment=tinybert_sst2", "quant=qat_int8"]),
         # the general student distilled once on all GLUE sentences at 1e-4, the task phases at 3e-4
