@@ -37,6 +37,7 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         # a second seed for the comparison that decides the recipe's margin (init, dropout, batch order)
         ("tiny, TinyBERT recipe + augmentation, seed 1", ["experiment=tinybert_aug_sst2", "seed=1"]),
         ("tiny, soft KL + CE, 1125 steps, seed 1", ["student=tiny", "loss=kd", "trainer.max_epochs=9", "seed=1"]),
+        ("tiny, CE only, 1125 steps, seed 1", ["student=tiny", "loss=ce", "trainer.max_epochs=9", "seed=1"]),
         # TinyBERT's from-scratch embeddings instead of the teacher's projected ones (the default)
         ("tiny, soft KL + CE, random embeddings", ["student=tiny", "loss=kd", "student.init_embeddings=random"]),
         # general distillation on every GLUE training sentence in the data folder (97,617) instead of 20,000;
