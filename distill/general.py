@@ -234,8 +234,8 @@ def general_optimizer(cfg: DictConfig) -> DictConfig:
 def general_key(cfg: DictConfig, texts: list[str]) -> str:
     """Cache folder name: teacher stem, method and a hash of everything that shapes the general student."""
     g = cfg.general
-    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("student", "scheduler")}
-    plain["optimizer"] = OmegaConf.to_container(general_optimizer(cfg), resolve=True)
+    nodes = {"student": cfg.student, "optimizer": general_optimizer(cfg), "scheduler": cfg.scheduler}
+    plain = {k: OmegaConf.to_container(node, resolve=True) for k, node in nodes.items()}
     settings = {k: g[k] for k in ("method", "max_length", "batch_size", "max_epochs", "max_steps", "mask_prob")}
     blob = json.dumps({"teacher": str(g.teacher), "loss": OmegaConf.to_container(g.loss, resolve=True),
                        "seed": general_seed(cfg), "texts": hashlib.sha1("\n".join(texts).encode()).hexdigest(),
