@@ -103,9 +103,14 @@ def make_provider(name: str):
         return torch.compile(eager_kl, dynamic=False)
     if name == "ours":
         return lambda s, t, temp: softmax_kl(s, t, temp)
-    if name.startswith("ours@"):
-        block = int(name.split("@", 1)[1])
-        return lambda s, t, temp: softmax_kl(s, t, temp, _tune=block)
+    if name.startswith("ours@"):  # ours@BLOCK[wWARPS][v][p]: v = per-lane pass-1 statistics, p = libdevice exp
+        m = re.fullmatch(r"(\d+)(?:w(\d+))?(v?)(p?)", name.split("@", 1)[1])
+        if m is None:
+            raise ValueError(f"bad kernel variant {name!r}: expected ours@BLOCK[wWARPS][v][p]")
+        tune = {"block": int(m[1]), "vec_stats": bool(m[3]), "precise": bool(m[4])}
+        if m[2]:
+            tune["num_warps"] = int(m[2])
+        return lambda s, t, temp: softmax_kl(s, t, temp, _tune=tune)
     if name == "liger":
         from liger_kernel.transformers import LigerKLDIVLoss  # optional dependency
 
@@ -434,7 +439,9 @@ def main(argv: list[str] | None = None) -> None:
         "--providers", nargs="+", help="default: cuda eager compile ours liger; cpu eager ours"
     )
     parser.add_argument(
-        "--ours-blocks", type=int, nargs="*", default=[], help="extra ours@BLOCK providers (CUDA)"
+        "--ours-blocks", nargs="*", default=[],
+        help="extra ours@BLOCK[wWARPS][v][p] providers (CUDA), e.g. 4096 2048w8v (v: per-lane pass-1 "
+        "statistics, p: libdevice exp)"
     )
     parser.add_argument(
         "--sweep-all", action="store_true", help="--ours-blocks on every shape, not only the largest"

@@ -46,6 +46,11 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
          ["experiment=tinybert_aug_sst2", "general.max_samples=null"]),
         ("tiny, TinyBERT recipe + augmentation, general on all GLUE sentences, seed 1",
          ["experiment=tinybert_aug_sst2", "general.max_samples=null", "general.seed=42", "seed=1"]),
+        # a third seed of the deciding comparison (same general student, new teacher / augmentation / student)
+        ("tiny, TinyBERT recipe + augmentation, general on all GLUE sentences, seed 2",
+         ["experiment=tinybert_aug_sst2", "general.max_samples=null", "general.seed=42", "seed=2"]),
+        ("tiny, soft KL + CE, 1125 steps, seed 2", ["student=tiny", "loss=kd", "trainer.max_epochs=9", "seed=2"]),
+        ("tiny, CE only, 1125 steps, seed 2", ["student=tiny", "loss=ce", "trainer.max_epochs=9", "seed=2"]),
         ("distil, DistilBERT recipe", ["experiment=distilbert_sst2"]),
     ],
     "quant": [

@@ -46,11 +46,13 @@ from torch.autograd.function import once_differentiable
 try:  # Triton is optional: the module must import (and the CPU path work) without it.
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
 
     HAS_TRITON = True
 except Exception:  # pragma: no cover - exercised only where triton is missing or broken
     triton = None
     tl = None
+    libdevice = None
     HAS_TRITON = False
 
 __all__ = ["HAS_TRITON", "SoftmaxKLLoss", "softmax_kl", "triton_interpreted"]
@@ -63,6 +65,8 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # so a chunk's working set is ~48 MB: bounded, yet large enough that the ~17 multi-threaded ops per chunk stay few
 # (smaller chunks ran as fast single-threaded but lost time to OpenMP barriers on a busy 2-core machine).
 _TORCH_CHUNK_BYTES = 8 * 1024 * 1024
+_FLT_MIN = torch.finfo(torch.float32).tiny  # smallest normal float32, the floor of the teacher-support mass
+Tune = int | tuple[int, int] | dict | None  # launch overrides of the private ``_tune`` hook
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -87,6 +91,8 @@ if HAS_TRITON:
         HAS_MASK: tl.constexpr,
         WRITE_GRAD: tl.constexpr,
         BLOCK: tl.constexpr,
+        VEC_STATS: tl.constexpr = False,  # pass 1: per-lane running statistics, reduced once per row
+        PRECISE: tl.constexpr = False,  # libdevice exp in pass 2 instead of the hardware approximation
     ):
         row = tl.program_id(0).to(tl.int64)  # int64: row * stride can exceed 2**31 for large N x V
         s_row = s_ptr + row * s_row_stride
@@ -101,35 +107,72 @@ if HAS_TRITON:
 
         if valid:
             # ---- pass 1: online max / sum-exp of both rows, in raw-logit units (max is taken before / T) ----
-            m_s = tl.max(tl.full([BLOCK], neg_inf, tl.float32), axis=0)  # () running max of s
-            m_t = tl.max(tl.full([BLOCK], neg_inf, tl.float32), axis=0)  # () running max of t
-            d_sp = tl.sum(tl.zeros([BLOCK], tl.float32), axis=0)  # () sum exp((s - m_s) / T), teacher support
-            d_off = tl.sum(tl.zeros([BLOCK], tl.float32), axis=0)  # () the same off it (where t = -inf)
-            d_t = tl.sum(tl.zeros([BLOCK], tl.float32), axis=0)  # () sum exp((t - m_t) / T)
-            for start in range(0, V, BLOCK):
-                offs = start + cols  # (BLOCK,)
-                inb = offs < V
-                s = tl.load(s_row + offs, mask=inb, other=neg_inf).to(tl.float32)  # (BLOCK,)
-                t = tl.load(t_row + offs, mask=inb, other=neg_inf).to(tl.float32)  # (BLOCK,)
-                m_s_new = tl.maximum(m_s, tl.max(s, axis=0))
-                m_t_new = tl.maximum(m_t, tl.max(t, axis=0))
-                # A still -inf max means every entry so far is -inf: centre on 0 so -inf - (-inf) never appears.
-                c_s = tl.where(m_s_new == neg_inf, 0.0, m_s_new)
-                c_t = tl.where(m_t_new == neg_inf, 0.0, m_t_new)
-                alpha_s = tl.exp((m_s - c_s) * inv_temp)
-                e_s = tl.exp((s - c_s) * inv_temp)  # (BLOCK,)
-                d_sp = d_sp * alpha_s + tl.sum(tl.where(t != neg_inf, e_s, 0.0), axis=0)
-                d_off = d_off * alpha_s + tl.sum(tl.where(t != neg_inf, 0.0, e_s), axis=0)
-                d_t = d_t * tl.exp((m_t - c_t) * inv_temp) + tl.sum(tl.exp((t - c_t) * inv_temp), axis=0)
-                m_s = m_s_new
-                m_t = m_t_new
-            c_s = tl.where(m_s == neg_inf, 0.0, m_s)
-            c_t = tl.where(m_t == neg_inf, 0.0, m_t)
+            if VEC_STATS:
+                # Each lane keeps its own running max and sums (two more exps per element, no block-wide
+                # reductions or barriers inside the loop); the lanes are combined once at the end.
+                mv_s = tl.full([BLOCK], neg_inf, tl.float32)  # (BLOCK,) per-lane running max of s
+                mv_t = tl.full([BLOCK], neg_inf, tl.float32)  # (BLOCK,) per-lane running max of t
+                dv_sp = tl.zeros([BLOCK], tl.float32)  # (BLOCK,) per-lane sums, as below
+                dv_off = tl.zeros([BLOCK], tl.float32)
+                dv_t = tl.zeros([BLOCK], tl.float32)
+                for start in range(0, V, BLOCK):
+                    offs = start + cols  # (BLOCK,)
+                    inb = offs < V
+                    s = tl.load(s_row + offs, mask=inb, other=neg_inf).to(tl.float32)  # (BLOCK,)
+                    t = tl.load(t_row + offs, mask=inb, other=neg_inf).to(tl.float32)  # (BLOCK,)
+                    mv_s_new = tl.maximum(mv_s, s)
+                    mv_t_new = tl.maximum(mv_t, t)
+                    cv_s = tl.where(mv_s_new == neg_inf, 0.0, mv_s_new)  # (BLOCK,) lane centres
+                    cv_t = tl.where(mv_t_new == neg_inf, 0.0, mv_t_new)
+                    alpha_s = tl.exp((mv_s - cv_s) * inv_temp)  # (BLOCK,) <= 1, 0 for a lane still all -inf
+                    e_s = tl.exp((s - cv_s) * inv_temp)  # (BLOCK,)
+                    dv_sp = dv_sp * alpha_s + tl.where(t != neg_inf, e_s, 0.0)
+                    dv_off = dv_off * alpha_s + tl.where(t != neg_inf, 0.0, e_s)
+                    dv_t = dv_t * tl.exp((mv_t - cv_t) * inv_temp) + tl.exp((t - cv_t) * inv_temp)
+                    mv_s = mv_s_new
+                    mv_t = mv_t_new
+                m_s = tl.max(mv_s, axis=0)
+                m_t = tl.max(mv_t, axis=0)
+                c_s = tl.where(m_s == neg_inf, 0.0, m_s)
+                c_t = tl.where(m_t == neg_inf, 0.0, m_t)
+                # Re-centre every lane on the row centre (factor <= 1; empty lanes contribute 0, never 0 * inf).
+                f_s = tl.exp((tl.where(mv_s == neg_inf, c_s, mv_s) - c_s) * inv_temp)  # (BLOCK,)
+                f_t = tl.exp((tl.where(mv_t == neg_inf, c_t, mv_t) - c_t) * inv_temp)  # (BLOCK,)
+                d_sp = tl.sum(tl.where(dv_sp > 0.0, dv_sp * f_s, 0.0), axis=0)
+                d_off = tl.sum(tl.where(dv_off > 0.0, dv_off * f_s, 0.0), axis=0)
+                d_t = tl.sum(tl.where(dv_t > 0.0, dv_t * f_t, 0.0), axis=0)
+            else:
+                m_s = tl.max(tl.full([BLOCK], neg_inf, tl.float32), axis=0)  # () running max of s
+                m_t = tl.max(tl.full([BLOCK], neg_inf, tl.float32), axis=0)  # () running max of t
+                d_sp = tl.sum(tl.zeros([BLOCK], tl.float32), axis=0)  # () sum exp((s - m_s) / T), teacher support
+                d_off = tl.sum(tl.zeros([BLOCK], tl.float32), axis=0)  # () the same off it (where t = -inf)
+                d_t = tl.sum(tl.zeros([BLOCK], tl.float32), axis=0)  # () sum exp((t - m_t) / T)
+                for start in range(0, V, BLOCK):
+                    offs = start + cols  # (BLOCK,)
+                    inb = offs < V
+                    s = tl.load(s_row + offs, mask=inb, other=neg_inf).to(tl.float32)  # (BLOCK,)
+                    t = tl.load(t_row + offs, mask=inb, other=neg_inf).to(tl.float32)  # (BLOCK,)
+                    m_s_new = tl.maximum(m_s, tl.max(s, axis=0))
+                    m_t_new = tl.maximum(m_t, tl.max(t, axis=0))
+                    # A still -inf max means every entry so far is -inf: centre on 0 so -inf - (-inf) never appears.
+                    c_s = tl.where(m_s_new == neg_inf, 0.0, m_s_new)
+                    c_t = tl.where(m_t_new == neg_inf, 0.0, m_t_new)
+                    alpha_s = tl.exp((m_s - c_s) * inv_temp)
+                    e_s = tl.exp((s - c_s) * inv_temp)  # (BLOCK,)
+                    d_sp = d_sp * alpha_s + tl.sum(tl.where(t != neg_inf, e_s, 0.0), axis=0)
+                    d_off = d_off * alpha_s + tl.sum(tl.where(t != neg_inf, 0.0, e_s), axis=0)
+                    d_t = d_t * tl.exp((m_t - c_t) * inv_temp) + tl.sum(tl.exp((t - c_t) * inv_temp), axis=0)
+                    m_s = m_s_new
+                    m_t = m_t_new
+                c_s = tl.where(m_s == neg_inf, 0.0, m_s)
+                c_t = tl.where(m_t == neg_inf, 0.0, m_t)
             # q' = q / Q is the student renormalised on the teacher support, Q = d_sp / d_s.  Without -inf teacher
             # entries d_off is exactly 0, so d_s == d_sp bit for bit and Q == 1 exactly.  The floor only keeps an
-            # all-underflowed support mass (Q < 1e-38: the student ignores the teacher's whole support) finite.
+            # all-underflowed support mass (Q below FLT_MIN: the student ignores the teacher's whole support)
+            # finite.  The floor is FLT_MIN itself: Triton <= 3.6 types a literal below it as float64, which would
+            # turn the pass-2 accumulators into float64 and fail to compile.
             d_s = d_sp + d_off
-            d_sp = tl.maximum(d_sp, 1e-38)
+            d_sp = tl.maximum(d_sp, 1.1754943508222875e-38)
             shift = tl.log(d_t / d_sp)  # () log(q'/p) = (b - a) + shift; accurate when d_t ~ d_sp
             log_d_s = tl.log(d_s)
             neg_log_q = tl.log(d_s / d_sp)  # () -log Q >= 0
@@ -148,8 +191,12 @@ if HAS_TRITON:
                 supp = t != neg_inf  # (BLOCK,) teacher support
                 a = (t - c_t) * inv_temp  # (BLOCK,) teacher, centred: p = exp(a) / d_t
                 b = (s - c_s) * inv_temp  # (BLOCK,) student, centred: q = exp(b) / d_s
-                e_t = tl.exp(a)  # (BLOCK,) = p * d_t
-                w = tl.exp(tl.where(supp, b + shift, b - log_d_s))  # (BLOCK,) q' * d_t (<= V) on supp, else q
+                if PRECISE:
+                    e_t = libdevice.exp(a)  # (BLOCK,) = p * d_t
+                    w = libdevice.exp(tl.where(supp, b + shift, b - log_d_s))  # (BLOCK,) as below
+                else:
+                    e_t = tl.exp(a)  # (BLOCK,) = p * d_t
+                    w = tl.exp(tl.where(supp, b + shift, b - log_d_s))  # (BLOCK,) q' * d_t (<= V) on supp, else q
                 r = (b - a) + shift  # (BLOCK,) log(q' / p); NaN where s = t = -inf
                 # expm1(r) by its Taylor series where |r| < 0.5: diff = e_t * expm1(r) = w - e_t, no cancellation.
                 poly = 2.48015873015873e-05  # 1/8!
@@ -193,6 +240,44 @@ if HAS_TRITON:
                     tl.store(g_row + offs, zeros.to(grad_ptr.dtype.element_ty), mask=offs < V)
 
 
+if HAS_TRITON:
+
+    @triton.jit
+    def _scale_rows_kernel(
+        g_ptr,  # in/out: (N, V) gradient, unit stride along V, any float dtype
+        f_ptr,  # (N,) float32 factors, or one (f_row_stride = 0)
+        V,
+        g_row_stride,
+        f_row_stride,
+        BLOCK: tl.constexpr,
+    ):
+        """g[n, :] *= f[n] in place, the product in float32 and rounded once (one read, one write of g)."""
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,)
+        inb = cols < V
+        factor = tl.load(f_ptr + row * f_row_stride)  # ()
+        ptrs = g_ptr + row * g_row_stride + cols  # (BLOCK,)
+        g = tl.load(ptrs, mask=inb, other=0.0).to(tl.float32)  # (BLOCK,)
+        tl.store(ptrs, (g * factor).to(g_ptr.dtype.element_ty), mask=inb)
+
+
+def _scale_rows_(grad: torch.Tensor, factor: torch.Tensor, use_triton: bool) -> torch.Tensor:
+    """``grad *= factor`` in place; grad ``(N, V)``, factor ``(N, 1)`` or ``(1, 1)`` float32 (on grad's device).
+
+    On the Triton path one kernel reads and writes the buffer once.  (PyTorch's in-place multiply of a half
+    tensor by a float32 one takes its unvectorised mixed-dtype loop: 1 TB/s on an H200, a quarter of a copy.)
+    """
+    if not use_triton or grad.numel() == 0:
+        return grad.mul_(factor)
+    factor = factor.to(torch.float32).reshape(-1).contiguous()  # (N,) or (1,)
+    block = 4096 if not triton_interpreted() else triton.next_power_of_2(max(grad.shape[1], 16))
+    grid = (grad.shape[0], triton.cdiv(grad.shape[1], block))
+    _scale_rows_kernel[grid](
+        grad, factor, grad.shape[1], grad.stride(0), 1 if factor.numel() > 1 else 0, BLOCK=block, num_warps=4
+    )
+    return grad
+
+
 def triton_interpreted() -> bool:
     """True when the Triton kernel was built for the Triton interpreter (``TRITON_INTERPRET=1`` at import)."""
     if not HAS_TRITON:
@@ -200,14 +285,28 @@ def triton_interpreted() -> bool:
     return type(_softmax_kl_fwd_kernel).__name__ == "InterpretedFunction"
 
 
-def _triton_launch_config(vocab: int, dtype: torch.dtype, interpreted: bool) -> tuple[int, int]:
-    """(BLOCK, num_warps) for a vocabulary of ``vocab`` entries."""
+def _triton_launch_config(vocab: int, dtype: torch.dtype, interpreted: bool, tune: Tune = None) -> dict:
+    """Launch settings for a vocabulary of ``vocab`` entries: ``block``, ``num_warps``, ``vec_stats``, ``precise``.
+
+    ``tune`` overrides them: a block size, ``(block, num_warps)``, or a dict with any of the keys."""
+    if isinstance(tune, int):
+        tune = {"block": tune}
+    elif isinstance(tune, tuple):
+        tune = {"block": tune[0], "num_warps": tune[1]}
+    tune = dict(tune or {})
     if interpreted:  # the interpreter runs each block as numpy ops with a large fixed cost: use big blocks
-        return min(triton.next_power_of_2(vocab), 32768), 1
-    cap = 8192 if dtype in (torch.float16, torch.bfloat16) else 4096
-    block = max(min(triton.next_power_of_2(vocab), cap), 128)
-    num_warps = 16 if block >= 8192 else (8 if block >= 2048 else 4)
-    return block, num_warps
+        cfg = {"block": min(triton.next_power_of_2(vocab), 32768), "num_warps": 1, "vec_stats": False,
+               "precise": False}  # (libdevice has no interpreter implementation; numpy's exp is exact anyway)
+        if "block" in tune:
+            cfg["block"] = tune["block"]
+        cfg["vec_stats"] = tune.get("vec_stats", False)
+        return cfg
+    # 2048-wide blocks with 8 warps: on an H200 (16,384 x 128,256, forward + backward) they beat the 4096 /
+    # 8192-wide blocks by 7-14% in both bf16 and fp32 (docs/benchmarks/softmax_kl.md, block-size sweep).
+    block = tune.get("block") or max(min(triton.next_power_of_2(vocab), 2048), 128)
+    num_warps = tune.get("num_warps") or (16 if block >= 8192 else (8 if block >= 2048 else 4))
+    return {"block": block, "num_warps": num_warps, "vec_stats": tune.get("vec_stats", False),
+            "precise": tune.get("precise", False)}
 
 
 def _triton_rows(
@@ -217,14 +316,14 @@ def _triton_rows(
     temperature: float,
     t2_scale: bool,
     need_grad: bool,
-    block_size: int | None = None,
+    block_size: Tune = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-row loss and gradient with the Triton kernel.
 
     Args:
         student, teacher: ``(N, V)`` with unit stride along ``V``; float32/float16/bfloat16.
         row_mask: ``(N,)`` bool or ``None``.
-        block_size: vocabulary block (power of two); ``None`` picks one.
+        block_size: launch overrides (see ``_triton_launch_config``); ``None`` picks them all.
 
     Returns:
         ``(loss, grad)``: loss ``(N,)`` float32 (``T**2``-scaled when ``t2_scale``, masked rows 0) and grad
@@ -232,9 +331,7 @@ def _triton_rows(
     """
     n_rows, vocab = student.shape
     interpreted = triton_interpreted()
-    block, num_warps = _triton_launch_config(vocab, student.dtype, interpreted)
-    if block_size is not None:
-        block = block_size
+    cfg = _triton_launch_config(vocab, student.dtype, interpreted, block_size)
     loss = torch.empty(n_rows, dtype=torch.float32, device=student.device)  # (N,)
     grad = torch.empty_like(student, memory_format=torch.contiguous_format) if need_grad else None  # (N, V)
     if n_rows == 0:
@@ -256,8 +353,10 @@ def _triton_rows(
         loss_scale / temperature,
         HAS_MASK=row_mask is not None,
         WRITE_GRAD=need_grad,
-        BLOCK=block,
-        num_warps=num_warps,
+        BLOCK=cfg["block"],
+        VEC_STATS=cfg["vec_stats"],
+        PRECISE=cfg["precise"],
+        num_warps=cfg["num_warps"],
     )
     return loss, grad
 
@@ -330,7 +429,7 @@ def _torch_rows(
         d_s = e.sum(dim=-1, keepdim=True)  # (R, 1)
         # Student mass on the teacher support, see the Triton kernel (q' = q / Q, Q = d_sp / d_s).
         d_sp = (
-            e.masked_fill_(~supp, 0.0).sum(dim=-1, keepdim=True).clamp_(min=1e-38) if holes else d_s
+            e.masked_fill_(~supp, 0.0).sum(dim=-1, keepdim=True).clamp_(min=_FLT_MIN) if holes else d_s
         )  # (R, 1)
         a = _centred(t_chunk, t_chunk.amax(dim=-1, keepdim=True), inv_temp)  # (R, V): p = exp(a) / d_t
         e_t = torch.exp(a, out=e)  # (R, V) = p * d_t; reuses e
@@ -400,6 +499,7 @@ class _SoftmaxKLFunction(torch.autograd.Function):
             out = loss.sum() / count  # ()
         ctx.reduction = reduction
         ctx.count = count
+        ctx.use_triton = use_triton
         # Kept as a plain attribute (not save_for_backward): backward scales it in place and hands it over.
         ctx.grad_buffer = grad  # (N, V) student dtype, or None
         ctx.consumed = False
@@ -425,7 +525,7 @@ class _SoftmaxKLFunction(torch.autograd.Function):
             factor = (grad_out / ctx.count).reshape(1, 1)  # (1, 1)
         # In place: the gradient is the only N x V buffer in the whole forward + backward.  The (., 1) float32
         # factor is not 0-dim, so the product is computed in float32 and rounded once to the gradient dtype.
-        return (grad.mul_(factor),) + (None,) * 8
+        return (_scale_rows_(grad, factor, ctx.use_triton),) + (None,) * 8
 
 
 def _check_args(student, teacher, temperature, mask, reduction, backend) -> None:
@@ -488,7 +588,7 @@ def softmax_kl(
     reduction: str = "batchmean",
     t2_scale: bool = True,
     backend: str = "auto",
-    _tune: int | None = None,
+    _tune: Tune = None,
 ) -> torch.Tensor:
     """Temperature-scaled distillation loss ``KL(softmax(t / T) || softmax(s / T))``, fused and memory-lean.
 
@@ -504,7 +604,8 @@ def softmax_kl(
         t2_scale: multiply the loss by ``T**2``.
         backend: ``"auto"`` (Triton kernel for CUDA tensors, chunked PyTorch otherwise), ``"triton"`` (on CPU
             tensors this needs ``TRITON_INTERPRET=1`` set before import) or ``"torch"``.
-        _tune: private test hook: the Triton vocabulary block size, or the PyTorch path's rows per chunk.
+        _tune: private test / benchmark hook: Triton launch overrides (a block size, ``(block, num_warps)`` or
+            a dict, see ``_triton_launch_config``), or the PyTorch path's rows per chunk.
 
     Returns:
         float32 loss: a scalar, or the leading-dims shape for ``reduction="none"``.  All accumulation is in

@@ -145,6 +145,9 @@ def test_vocab_262144(backend):
     "backend, tune",
     [
         pytest.param("triton", 256, id="triton-block256", marks=requires_triton_runnable),
+        pytest.param("triton", (512, 4), id="triton-block512-warps4", marks=requires_triton_runnable),
+        pytest.param("triton", {"block": 256, "vec_stats": True}, id="triton-vec-stats",
+                     marks=requires_triton_runnable),
         pytest.param("torch", 2, id="torch-chunk2"),
     ],
 )
@@ -163,6 +166,122 @@ def test_multi_block_and_chunk_boundaries(backend, tune):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The compiled kernel (no GPU needed): what the interpreter cannot see
+# --------------------------------------------------------------------------------------------------------------
+def _kernel_float_literals() -> list[float]:
+    import ast
+    import inspect
+    import textwrap
+
+    fn = skl._softmax_kl_fwd_kernel
+    tree = ast.parse(textwrap.dedent(inspect.getsource(getattr(fn, "fn", fn))))
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, float)]
+
+
+@requires_triton
+def test_kernel_float_literals_are_float32_in_every_triton():
+    """Triton <= 3.6 types a float literal outside float32's normal range (other than 0, inf, nan) as float64,
+    which turns the loop accumulators into float64 and fails to compile (seen on an H200 with Triton 3.6; the
+    interpreter and newer Triton accept it).  Every literal of the kernel must be safe there."""
+    literals = _kernel_float_literals()
+    assert 0.5 in literals and len(literals) > 10  # the scan sees the kernel's constants
+    tiny, big = torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max
+    bad = [x for x in literals if x == x and x not in (0.0, float("inf"), float("-inf")) and not tiny <= abs(x) <= big]
+    assert not bad, f"float64 literals in the kernel: {bad}"
+
+
+_COMPILE_SCRIPT = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+import importlib
+skl = importlib.import_module("distill.kernels.softmax_kl")  # the module (the package attribute is the function)
+
+dtype, vec_stats, precise = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
+fwd_sig = {"s_ptr": f"*{dtype}", "t_ptr": f"*{dtype}", "grad_ptr": f"*{dtype}", "loss_ptr": "*fp32",
+           "mask_ptr": "*u8", "s_row_stride": "i64", "t_row_stride": "i64", "g_row_stride": "i64", "V": "i32",
+           "inv_temp": "fp32", "loss_scale": "fp32", "grad_scale": "fp32"}
+fwd_const = {"HAS_MASK": True, "WRITE_GRAD": True, "BLOCK": 4096, "VEC_STATS": vec_stats, "PRECISE": precise}
+scale_sig = {"g_ptr": f"*{dtype}", "f_ptr": "*fp32", "V": "i32", "g_row_stride": "i64", "f_row_stride": "i64"}
+out = {}
+for name, fn, sig, const in [("fwd", skl._softmax_kl_fwd_kernel, fwd_sig, fwd_const),
+                             ("scale", skl._scale_rows_kernel, scale_sig, {"BLOCK": 4096})]:
+    src = triton.compiler.ASTSource(fn=fn, signature=sig | dict.fromkeys(const, "constexpr"), constexprs=const)
+    try:
+        c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+    except RuntimeError as exc:
+        if "ptxas" in str(exc).lower():
+            print(json.dumps({"skip": str(exc)[:200]}))
+            sys.exit(0)
+        raise
+    out[name] = {"cubin": len(c.asm["cubin"]), "stores": "st.global" in c.asm["ptx"]}
+print(json.dumps(out))
+"""
+
+
+@requires_triton
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("vec_stats, precise", [(False, False), (True, True)], ids=["default", "vec-precise"])
+def test_kernel_compiles_for_hopper(dtype, vec_stats, precise, tmp_path):
+    """Compile both kernels to machine code for sm_90 (H100/H200) with the installed Triton, no GPU needed:
+    type errors that the interpreter lets through fail here.  In a fresh process without TRITON_INTERPRET (the
+    interpreter replaces triton.language while it is on) and with an empty cache (a real compile)."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT, dtype, str(int(vec_stats)), str(int(precise))],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "skip" in result:
+        pytest.skip(f"no ptxas: {result['skip']}")
+    assert result["fwd"]["cubin"] > 0 and result["fwd"]["stores"]  # machine code that writes its outputs
+    assert result["scale"]["cubin"] > 0 and result["scale"]["stores"]
+
+
+@requires_triton_runnable
+@pytest.mark.parametrize("temperature", [0.1, 1.0, 100.0])
+def test_vec_stats_variant_edge_cases(temperature):
+    """Per-lane pass-1 statistics: -inf in the teacher, in both inputs, lanes that only ever see -inf, and
+    magnitudes of 1e4, against float64 (the default pass 1 is covered by the tests around it)."""
+    s = _logits((4, 1300), device=TRITON_DEVICE, seed=60) * 1000  # up to ~1e4
+    t = _logits((4, 1300), device=TRITON_DEVICE, seed=61) * 1000
+    t[0, ::3] = float("-inf")  # teacher holes
+    s[1, 100:400], t[1, 100:400] = float("-inf"), float("-inf")  # a masked vocabulary
+    s[2, :256], t[2, :256] = float("-inf"), float("-inf")  # with block 256: every lane's first block is -inf
+    tune = {"block": 256, "vec_stats": True}
+    up = torch.linspace(0.5, 2.0, 4)  # (4,) per-row upstream gradient
+    loss, grad, ref, ref_grad = _run("triton", s, t, temperature, up, reduction="none", _tune=tune)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    assert _rel(loss, ref) <= _tol(torch.float32, temperature)
+    assert _rel(grad, ref_grad) <= _tol(torch.float32, temperature)
+
+
+@requires_triton_runnable
+@pytest.mark.parametrize("reduction", ["batchmean", "none"])
+def test_backward_scales_a_half_gradient_by_the_upstream_gradient(reduction):
+    """The in-place backward multiply (a Triton kernel on the Triton path) applies per-row and scalar upstream
+    gradients to a bfloat16 buffer within one rounding of the float32 product (RTNE on GPUs; the interpreter
+    truncates, hence one full bf16 ulp)."""
+    s = _logits((6, 777), torch.bfloat16, TRITON_DEVICE, seed=70).requires_grad_(True)
+    t = _logits((6, 777), torch.bfloat16, TRITON_DEVICE, seed=71)
+    unit = torch.autograd.grad(softmax_kl(s, t, 2.0, reduction="none", backend="triton").sum(), s)[0]  # (6, 777)
+    assert unit.dtype == torch.bfloat16
+    up = torch.linspace(-3.0, 5.0, 6) if reduction == "none" else torch.tensor(0.37)
+    loss = softmax_kl(s, t, 2.0, reduction=reduction, backend="triton")
+    (grad,) = torch.autograd.grad(loss, s, up.to(loss.device))
+    assert grad.dtype == torch.bfloat16
+    factor = up.reshape(-1, 1) if reduction == "none" else up / 6
+    expected = unit.float().cpu() * factor  # (6, 777) float32
+    torch.testing.assert_close(grad.float().cpu(), expected, rtol=2**-7, atol=0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Edge cases
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -175,7 +294,7 @@ def test_two_class_by_hand(backend):
     assert abs(kl - 0.1308120) < 1e-6
     loss = softmax_kl(s, t, 2.0, backend=backend)
     assert abs(loss.item() - 4 * kl) < 1e-6
-    t64 = torch.tensor([[2 * math.log(3.0), 0.0]], dtype=torch.float64)
+    t64 = torch.tensor([[2 * math.log(3.0), 0.0]], dtype=torch.float64, device=dev)
     assert abs(softmax_kl_reference(s.double(), t64, 2.0).item() - 4 * kl) < 1e-12
     assert abs(softmax_kl(s, t, 2.0, t2_scale=False, backend=backend).item() - kl) < 1e-6
     loss.backward()
@@ -410,6 +529,27 @@ def test_cuda_matches_reference(backend, dtype, shape, temperature):
     s = _logits(shape, dtype, "cuda", seed=41, like=t, noise=1.0)
     mask = (torch.rand(shape[:-1], generator=torch.Generator().manual_seed(42)) > 0.2).cuda()
     loss, grad, ref, ref_grad = _run(backend, s, t, temperature, mask=mask)
+    assert _rel(loss, ref) <= _tol(dtype, temperature)
+    assert _rel(grad, ref_grad) <= _tol(dtype, temperature)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@requires_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(16, 128256), (4, 32, 32000)], ids=["16x128256", "4x32x32000"])
+@pytest.mark.parametrize("temperature", [1.0, 20.0])
+@pytest.mark.parametrize(
+    "tune",
+    [{"vec_stats": True}, {"precise": True}, {"vec_stats": True, "precise": True}, {"block": 1024, "num_warps": 4}],
+    ids=["vec", "precise", "vec-precise", "block1024"],
+)
+def test_cuda_kernel_variants(dtype, shape, temperature, tune):
+    """The launch variants the benchmark sweeps compute the same function (masked rows included)."""
+    t = _logits(shape, dtype, "cuda", seed=50)
+    s = _logits(shape, dtype, "cuda", seed=51, like=t, noise=1.0)
+    mask = (torch.rand(shape[:-1], generator=torch.Generator().manual_seed(52)) > 0.2).cuda()
+    loss, grad, ref, ref_grad = _run("triton", s, t, temperature, mask=mask, _tune=tune)
     assert _rel(loss, ref) <= _tol(dtype, temperature)
     assert _rel(grad, ref_grad) <= _tol(dtype, temperature)
 
