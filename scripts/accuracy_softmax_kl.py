@@ -33,9 +33,7 @@ from distill.kernels import HAS_TRITON, softmax_kl, softmax_kl_reference  # noqa
 VARIANTS = {  # name -> (backend, _tune)
     "torch": ("torch", None),
     "triton": ("triton", None),
-    "triton-precise": ("triton", {"precise": True}),
     "triton-vec": ("triton", {"vec_stats": True}),
-    "triton-vec-precise": ("triton", {"vec_stats": True, "precise": True}),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -103,11 +103,11 @@ def make_provider(name: str):
         return torch.compile(eager_kl, dynamic=False)
     if name == "ours":
         return lambda s, t, temp: softmax_kl(s, t, temp)
-    if name.startswith("ours@"):  # ours@BLOCK[wWARPS][v][p]: v = per-lane pass-1 statistics, p = libdevice exp
-        m = re.fullmatch(r"(\d+)(?:w(\d+))?(v?)(p?)", name.split("@", 1)[1])
+    if name.startswith("ours@"):  # ours@BLOCK[wWARPS][v]: v = per-lane pass-1 statistics
+        m = re.fullmatch(r"(\d+)(?:w(\d+))?(v?)", name.split("@", 1)[1])
         if m is None:
-            raise ValueError(f"bad kernel variant {name!r}: expected ours@BLOCK[wWARPS][v][p]")
-        tune = {"block": int(m[1]), "vec_stats": bool(m[3]), "precise": bool(m[4])}
+            raise ValueError(f"bad kernel variant {name!r}: expected ours@BLOCK[wWARPS][v]")
+        tune = {"block": int(m[1]), "vec_stats": bool(m[3])}
         if m[2]:
             tune["num_warps"] = int(m[2])
         return lambda s, t, temp: softmax_kl(s, t, temp, _tune=tune)
@@ -440,8 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--ours-blocks", nargs="*", default=[],
-        help="extra ours@BLOCK[wWARPS][v][p] providers (CUDA), e.g. 4096 2048w8v (v: per-lane pass-1 "
-        "statistics, p: libdevice exp)"
+        help="extra ours@BLOCK[wWARPS][v] providers (CUDA), e.g. 4096 2048w8v (v: per-lane pass-1 statistics)"
     )
     parser.add_argument(
         "--sweep-all", action="store_true", help="--ours-blocks on every shape, not only the largest"

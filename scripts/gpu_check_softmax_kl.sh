@@ -48,7 +48,7 @@ ACC_RC=${PIPESTATUS[0]}
 #    plus a Triton block-size sweep on the largest shape.  What does not fit in the time budget is listed as
 #    skipped; the .md/.csv are rewritten after every measurement, so a timeout still leaves partial results.
 timeout 280 "$PY" scripts/bench_softmax_kl.py --device cuda --time-budget-s 230 --out-dir "$OUT" \
-    --ours-blocks 1024w4 2048w4 4096w8 8192w16 1024w4v 2048w4v 2048w8v 4096w8v 8192w16v 2048w8p 2048w8vp 2>&1 | tee "$OUT/softmax_kl_${GPU_SLUG}_bench.log"
+    --ours-blocks 512w4 1024w4 1024w8 2048w4 4096w8 1024w4v 2048w8v 8192w16v 2>&1 | tee "$OUT/softmax_kl_${GPU_SLUG}_bench.log"
 BENCH_RC=${PIPESTATUS[0]}
 
 echo "gpu_check_softmax_kl: tests rc=$TEST_RC, accuracy rc=$ACC_RC, bench rc=$BENCH_RC; results in $OUT/softmax_kl_${GPU_SLUG}*"

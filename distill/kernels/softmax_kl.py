@@ -46,13 +46,11 @@ from torch.autograd.function import once_differentiable
 try:  # Triton is optional: the module must import (and the CPU path work) without it.
     import triton
     import triton.language as tl
-    from triton.language.extra import libdevice
 
     HAS_TRITON = True
 except Exception:  # pragma: no cover - exercised only where triton is missing or broken
     triton = None
     tl = None
-    libdevice = None
     HAS_TRITON = False
 
 __all__ = ["HAS_TRITON", "SoftmaxKLLoss", "softmax_kl", "triton_interpreted"]
@@ -92,7 +90,6 @@ if HAS_TRITON:
         WRITE_GRAD: tl.constexpr,
         BLOCK: tl.constexpr,
         VEC_STATS: tl.constexpr = False,  # pass 1: per-lane running statistics, reduced once per row
-        PRECISE: tl.constexpr = False,  # libdevice exp in pass 2 instead of the hardware approximation
     ):
         row = tl.program_id(0).to(tl.int64)  # int64: row * stride can exceed 2**31 for large N x V
         s_row = s_ptr + row * s_row_stride
@@ -173,11 +170,14 @@ if HAS_TRITON:
             # turn the pass-2 accumulators into float64 and fail to compile.
             d_s = d_sp + d_off
             d_sp = tl.maximum(d_sp, 1.1754943508222875e-38)
-            shift = tl.log(d_t / d_sp)  # () log(q'/p) = (b - a) + shift; accurate when d_t ~ d_sp
+            # The per-row divisions are IEEE (div_rn): Triton's `/` on float32 is the approximate div.full.f32,
+            # whose d_s / d_sp for d_s == d_sp can miss 1 by an ulp, adding T**2 * 2**-24 to every row's loss
+            # (measured on an H200: loss 6e-4 for identical rows at T = 100, 9e-4 relative error for close ones).
+            shift = tl.log(tl.div_rn(d_t, d_sp))  # () log(q'/p) = (b - a) + shift; accurate when d_t ~ d_sp
             log_d_s = tl.log(d_s)
-            neg_log_q = tl.log(d_s / d_sp)  # () -log Q >= 0
-            one_minus_q = d_off / d_s  # () 1 - Q
-            grad_mul = grad_scale / d_t
+            neg_log_q = tl.log(tl.div_rn(d_s, d_sp))  # () -log Q >= 0, exactly 0 without teacher -inf entries
+            one_minus_q = tl.div_rn(d_off, d_s)  # () 1 - Q
+            grad_mul = tl.div_rn(grad_scale, d_t)
 
             # ---- pass 2: KL = -E_p[r] + log E_p[exp(r)] - log Q with r = log(q' / p) (module docstring) ----
             acc_e = tl.zeros([BLOCK], tl.float32)  # (BLOCK,) sum of exp(a)
@@ -191,12 +191,10 @@ if HAS_TRITON:
                 supp = t != neg_inf  # (BLOCK,) teacher support
                 a = (t - c_t) * inv_temp  # (BLOCK,) teacher, centred: p = exp(a) / d_t
                 b = (s - c_s) * inv_temp  # (BLOCK,) student, centred: q = exp(b) / d_s
-                if PRECISE:
-                    e_t = libdevice.exp(a)  # (BLOCK,) = p * d_t
-                    w = libdevice.exp(tl.where(supp, b + shift, b - log_d_s))  # (BLOCK,) as below
-                else:
-                    e_t = tl.exp(a)  # (BLOCK,) = p * d_t
-                    w = tl.exp(tl.where(supp, b + shift, b - log_d_s))  # (BLOCK,) q' * d_t (<= V) on supp, else q
+                # tl.exp is the hardware ex2.approx on GPUs: libdevice's exp here changed no error on an H200
+                # (docs/benchmarks/softmax_kl_gpu_notes.md) and cost 15% in bf16.
+                e_t = tl.exp(a)  # (BLOCK,) = p * d_t
+                w = tl.exp(tl.where(supp, b + shift, b - log_d_s))  # (BLOCK,) q' * d_t (<= V) on supp, else q
                 r = (b - a) + shift  # (BLOCK,) log(q' / p); NaN where s = t = -inf
                 # expm1(r) by its Taylor series where |r| < 0.5: diff = e_t * expm1(r) = w - e_t, no cancellation.
                 poly = 2.48015873015873e-05  # 1/8!
@@ -216,9 +214,9 @@ if HAS_TRITON:
                     g = tl.where(supp, (diff - w * one_minus_q) * grad_mul, w * grad_scale)  # (BLOCK,)
                     tl.store(g_row + offs, g.to(grad_ptr.dtype.element_ty), mask=inb)
             e_sum = tl.sum(acc_e, axis=0)
-            mean_r = tl.sum(acc_r, axis=0) / e_sum  # E_p[r]
+            mean_r = tl.div_rn(tl.sum(acc_r, axis=0), e_sum)  # E_p[r]
             # E_p[exp(r)] - 1 = sum(q') - 1: 0 up to rounding (clamped: only a broken support mass gets near +-1).
-            x = tl.minimum(tl.maximum(tl.sum(acc_x, axis=0) / e_sum, -0.5), 0.5)
+            x = tl.minimum(tl.maximum(tl.div_rn(tl.sum(acc_x, axis=0), e_sum), -0.5), 0.5)
             # log1p(x): alternating series where |x| < 0.1 (tl.log(1 + x) would lose the digits that matter).
             ser = -0.125
             ser = ser * x + 1.428571428571429e-01
@@ -286,7 +284,7 @@ def triton_interpreted() -> bool:
 
 
 def _triton_launch_config(vocab: int, dtype: torch.dtype, interpreted: bool, tune: Tune = None) -> dict:
-    """Launch settings for a vocabulary of ``vocab`` entries: ``block``, ``num_warps``, ``vec_stats``, ``precise``.
+    """Launch settings for a vocabulary of ``vocab`` entries: ``block``, ``num_warps``, ``vec_stats``.
 
     ``tune`` overrides them: a block size, ``(block, num_warps)``, or a dict with any of the keys."""
     if isinstance(tune, int):
@@ -295,8 +293,7 @@ def _triton_launch_config(vocab: int, dtype: torch.dtype, interpreted: bool, tun
         tune = {"block": tune[0], "num_warps": tune[1]}
     tune = dict(tune or {})
     if interpreted:  # the interpreter runs each block as numpy ops with a large fixed cost: use big blocks
-        cfg = {"block": min(triton.next_power_of_2(vocab), 32768), "num_warps": 1, "vec_stats": False,
-               "precise": False}  # (libdevice has no interpreter implementation; numpy's exp is exact anyway)
+        cfg = {"block": min(triton.next_power_of_2(vocab), 32768), "num_warps": 1, "vec_stats": False}
         if "block" in tune:
             cfg["block"] = tune["block"]
         cfg["vec_stats"] = tune.get("vec_stats", False)
@@ -305,8 +302,7 @@ def _triton_launch_config(vocab: int, dtype: torch.dtype, interpreted: bool, tun
     # 8192-wide blocks by 7-14% in both bf16 and fp32 (docs/benchmarks/softmax_kl.md, block-size sweep).
     block = tune.get("block") or max(min(triton.next_power_of_2(vocab), 2048), 128)
     num_warps = tune.get("num_warps") or (16 if block >= 8192 else (8 if block >= 2048 else 4))
-    return {"block": block, "num_warps": num_warps, "vec_stats": tune.get("vec_stats", False),
-            "precise": tune.get("precise", False)}
+    return {"block": block, "num_warps": num_warps, "vec_stats": tune.get("vec_stats", False)}
 
 
 def _triton_rows(
@@ -355,7 +351,6 @@ def _triton_rows(
         WRITE_GRAD=need_grad,
         BLOCK=cfg["block"],
         VEC_STATS=cfg["vec_stats"],
-        PRECISE=cfg["precise"],
         num_warps=cfg["num_warps"],
     )
     return loss, grad

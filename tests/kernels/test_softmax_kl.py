@@ -197,11 +197,11 @@ from triton.backends.compiler import GPUTarget
 import importlib
 skl = importlib.import_module("distill.kernels.softmax_kl")  # the module (the package attribute is the function)
 
-dtype, vec_stats, precise = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
+dtype, vec_stats = sys.argv[1], sys.argv[2] == "1"
 fwd_sig = {"s_ptr": f"*{dtype}", "t_ptr": f"*{dtype}", "grad_ptr": f"*{dtype}", "loss_ptr": "*fp32",
            "mask_ptr": "*u8", "s_row_stride": "i64", "t_row_stride": "i64", "g_row_stride": "i64", "V": "i32",
            "inv_temp": "fp32", "loss_scale": "fp32", "grad_scale": "fp32"}
-fwd_const = {"HAS_MASK": True, "WRITE_GRAD": True, "BLOCK": 4096, "VEC_STATS": vec_stats, "PRECISE": precise}
+fwd_const = {"HAS_MASK": True, "WRITE_GRAD": True, "BLOCK": 4096, "VEC_STATS": vec_stats}
 scale_sig = {"g_ptr": f"*{dtype}", "f_ptr": "*fp32", "V": "i32", "g_row_stride": "i64", "f_row_stride": "i64"}
 out = {}
 for name, fn, sig, const in [("fwd", skl._softmax_kl_fwd_kernel, fwd_sig, fwd_const),
@@ -214,18 +214,20 @@ for name, fn, sig, const in [("fwd", skl._softmax_kl_fwd_kernel, fwd_sig, fwd_co
             print(json.dumps({"skip": str(exc)[:200]}))
             sys.exit(0)
         raise
-    out[name] = {"cubin": len(c.asm["cubin"]), "stores": "st.global" in c.asm["ptx"]}
+    out[name] = {"cubin": len(c.asm["cubin"]), "stores": "st.global" in c.asm["ptx"],
+                 "approx_div": "div.full.f32" in c.asm["ptx"]}
 print(json.dumps(out))
 """
 
 
 @requires_triton
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("vec_stats, precise", [(False, False), (True, True)], ids=["default", "vec-precise"])
-def test_kernel_compiles_for_hopper(dtype, vec_stats, precise, tmp_path):
+@pytest.mark.parametrize("vec_stats", [False, True], ids=["default", "vec-stats"])
+def test_kernel_compiles_for_hopper(dtype, vec_stats, tmp_path):
     """Compile both kernels to machine code for sm_90 (H100/H200) with the installed Triton, no GPU needed:
     type errors that the interpreter lets through fail here.  In a fresh process without TRITON_INTERPRET (the
-    interpreter replaces triton.language while it is on) and with an empty cache (a real compile)."""
+    interpreter replaces triton.language while it is on) and with an empty cache (a real compile).  Also: no
+    approximate float32 division (Triton's `/`), which on an H200 added T**2 * 2**-24 to every row's loss."""
     import json
     import subprocess
     import sys
@@ -233,7 +235,7 @@ def test_kernel_compiles_for_hopper(dtype, vec_stats, precise, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT, dtype, str(int(vec_stats)), str(int(precise))],
+        [sys.executable, "-c", _COMPILE_SCRIPT, dtype, str(int(vec_stats))],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -241,6 +243,7 @@ def test_kernel_compiles_for_hopper(dtype, vec_stats, precise, tmp_path):
     if "skip" in result:
         pytest.skip(f"no ptxas: {result['skip']}")
     assert result["fwd"]["cubin"] > 0 and result["fwd"]["stores"]  # machine code that writes its outputs
+    assert not result["fwd"]["approx_div"]  # IEEE divisions only (tl.div_rn)
     assert result["scale"]["cubin"] > 0 and result["scale"]["stores"]
 
 
@@ -541,8 +544,8 @@ def test_cuda_matches_reference(backend, dtype, shape, temperature):
 @pytest.mark.parametrize("temperature", [1.0, 20.0])
 @pytest.mark.parametrize(
     "tune",
-    [{"vec_stats": True}, {"precise": True}, {"vec_stats": True, "precise": True}, {"block": 1024, "num_warps": 4}],
-    ids=["vec", "precise", "vec-precise", "block1024"],
+    [{"vec_stats": True}, {"block": 1024, "num_warps": 4}, {"block": 1024, "num_warps": 4, "vec_stats": True}],
+    ids=["vec", "block1024", "block1024-vec"],
 )
 def test_cuda_kernel_variants(dtype, shape, temperature, tune):
     """The launch variants the benchmark sweeps compute the same function (masked rows included)."""
