@@ -10,8 +10,9 @@ and its gradient with respect to the student logits ``s`` in a single forward sw
 * On CPU (or any device without Triton) a chunked PyTorch implementation does the same row-chunk by
   row-chunk, so its float32 working set is bounded by one chunk (about 8 MB per temporary, ~48 MB in all).
 
-The backward pass only multiplies the stored gradient, in place, by ``grad_output`` (times the reduction factor)
-as a tensor op: no host synchronisation, and no second ``N x V`` buffer.  Hence a graph through ``softmax_kl``
+The backward pass only multiplies the stored gradient, in place, by ``grad_output`` (times the reduction factor):
+one small Triton kernel on the Triton path (float32 product, one rounding), a tensor op otherwise; no host
+synchronisation, and no second ``N x V`` buffer.  Hence a graph through ``softmax_kl``
 can be back-propagated once (``retain_graph=True`` followed by a second backward raises a RuntimeError).
 
 Numerics (both paths use the same formulas, all accumulation in float32).  Rows are centred on their raw
