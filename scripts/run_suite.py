@@ -29,13 +29,13 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
     "objectives": [
         ("tiny, CE only", ["student=tiny", "loss=ce"]),
         ("tiny, soft KL + CE", ["student=tiny", "loss=kd"]),
-        ("tiny, TinyBERT recipe (general + 2 phases)", ["experiment=tinybert_sst2"]),
-        ("tiny, TinyBERT recipe + augmentation", ["experiment=tinybert_aug_sst2"]),
+        ("tiny, TinyBERT recipe (general + 2 phases)", ["experiment=tinybert_sst2", "general.max_samples=20000"]),
+        ("tiny, TinyBERT recipe + augmentation", ["experiment=tinybert_aug_sst2", "general.max_samples=20000"]),
         # the augmentation recipe takes 1125 task steps (12000 rows x 3 epochs / 32): the baselines at that length
         ("tiny, soft KL + CE, 1125 steps", ["student=tiny", "loss=kd", "trainer.max_epochs=9"]),
         ("tiny, CE only, 1125 steps", ["student=tiny", "loss=ce", "trainer.max_epochs=9"]),
         # a second seed for the comparison that decides the recipe's margin (init, dropout, batch order)
-        ("tiny, TinyBERT recipe + augmentation, seed 1", ["experiment=tinybert_aug_sst2", "seed=1"]),
+        ("tiny, TinyBERT recipe + augmentation, seed 1", ["experiment=tinybert_aug_sst2", "general.max_samples=20000", "seed=1"]),
         ("tiny, soft KL + CE, 1125 steps, seed 1", ["student=tiny", "loss=kd", "trainer.max_epochs=9", "seed=1"]),
         ("tiny, CE only, 1125 steps, seed 1", ["student=tiny", "loss=ce", "trainer.max_epochs=9", "seed=1"]),
         # TinyBERT's from-scratch embeddings instead of the teacher's projected ones (the default)
@@ -61,15 +61,15 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
     ],
     "glue": [
         ("distil, DistilBERT recipe", ["experiment=distilbert_sst2"]),
-        ("tiny, TinyBERT two-stage", ["experiment=tinybert_sst2"]),
-        ("tiny, TinyBERT two-stage + augmentation", ["experiment=tinybert_aug_sst2"]),
+        ("tiny, TinyBERT two-stage", ["experiment=tinybert_sst2", "general.max_samples=20000"]),
+        ("tiny, TinyBERT two-stage + augmentation", ["experiment=tinybert_aug_sst2", "general.max_samples=20000"]),
         # the learning-rate probe on SST-2 (docs/benchmarks/lr_probe_tiny.md) found 3e-4 better than the default for tiny
         ("tiny, soft KL + CE, lr 3e-4", ["student=tiny", "loss=kd", "optimizer.lr=3e-4"]),
         # regression (STS-B): MSE to the teacher's score + MSE to the label, longer at the higher lr
         ("tiny, logit MSE + MSE, lr 3e-4, 10 epochs", ["student=tiny", "loss=kd_mse", "optimizer.lr=3e-4",
                                                        "trainer.max_epochs=10"]),
         ("distil, DistilBERT recipe + QAT int8", ["experiment=distilbert_sst2", "quant=qat_int8"]),
-        ("tiny, TinyBERT two-stage + QAT int8", ["experiment=tinybert_sst2", "quant=qat_int8"]),
+        ("tiny, TinyBERT two-stage + QAT int8", ["experiment=tinybert_sst2", "general.max_samples=20000", "quant=qat_int8"]),
         # the general student distilled once on all GLUE sentences at 1e-4, the task phases at 3e-4
         ("tiny, TinyBERT two-stage, general on all GLUE sentences, task lr 3e-4",
          ["experiment=tinybert_sst2", "general.max_samples=null", "general.lr=1e-4", "optimizer.lr=3e-4"]),
