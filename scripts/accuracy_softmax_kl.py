@@ -51,11 +51,11 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=REPO / "docs" / "benchmarks")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 4.0, 20.0, 100.0])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     shape = (64, 32000) if cuda else (8, 4099)
@@ -93,6 +93,7 @@ def main() -> None:
               f"| {r['grad_rel_err']:.2e} |" for r in rows]
     (args.out_dir / f"softmax_kl_{tag}_accuracy.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out_dir}/softmax_kl_{tag}_accuracy.md", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -94,6 +94,17 @@ def eager_kl(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tens
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * (temperature * temperature)
 
 
+def parse_variant(name: str) -> dict:
+    """Kernel launch overrides of a provider ``ours@BLOCK[wWARPS][v]`` (``v``: per-lane pass-1 statistics)."""
+    m = re.fullmatch(r"ours@(\d+)(?:w(\d+))?(v?)", name)
+    if m is None or int(m[1]) & (int(m[1]) - 1) or (m[2] and int(m[2]) & (int(m[2]) - 1)):
+        raise ValueError(f"bad kernel variant {name!r}: expected ours@BLOCK[wWARPS][v] with powers of two")
+    tune = {"block": int(m[1]), "vec_stats": bool(m[3])}
+    if m[2]:
+        tune["num_warps"] = int(m[2])
+    return tune
+
+
 def make_provider(name: str):
     """A callable ``(s, t, T) -> loss`` for provider ``name`` (raises ImportError for a missing one)."""
     if name == "eager":
@@ -103,13 +114,8 @@ def make_provider(name: str):
         return torch.compile(eager_kl, dynamic=False)
     if name == "ours":
         return lambda s, t, temp: softmax_kl(s, t, temp)
-    if name.startswith("ours@"):  # ours@BLOCK[wWARPS][v]: v = per-lane pass-1 statistics
-        m = re.fullmatch(r"(\d+)(?:w(\d+))?(v?)", name.split("@", 1)[1])
-        if m is None:
-            raise ValueError(f"bad kernel variant {name!r}: expected ours@BLOCK[wWARPS][v]")
-        tune = {"block": int(m[1]), "vec_stats": bool(m[3])}
-        if m[2]:
-            tune["num_warps"] = int(m[2])
+    if name.startswith("ours@"):
+        tune = parse_variant(name)
         return lambda s, t, temp: softmax_kl(s, t, temp, _tune=tune)
     if name == "liger":
         from liger_kernel.transformers import LigerKLDIVLoss  # optional dependency
