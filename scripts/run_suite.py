@@ -78,6 +78,11 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         # the general student distilled once on all GLUE sentences at 1e-4, the task phases at 3e-4
         ("tiny, TinyBERT two-stage, general on all GLUE sentences, task lr 3e-4",
          ["experiment=tinybert_sst2", "general.max_samples=null", "general.lr=1e-4", "optimizer.lr=3e-4"]),
+        # TinyBERT's answer to small task sets: augmentation on top, from the same general student
+        ("tiny, TinyBERT two-stage + augmentation, general on all GLUE sentences",
+         ["experiment=tinybert_aug_sst2", "general.max_samples=null", "general.lr=1e-4"]),
+        ("tiny, TinyBERT two-stage + augmentation, general on all GLUE sentences, task lr 3e-4",
+         ["experiment=tinybert_aug_sst2", "general.max_samples=null", "general.lr=1e-4", "optimizer.lr=3e-4"]),
     ],
 }
 
