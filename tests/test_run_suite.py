@@ -22,7 +22,8 @@ def test_a_whole_label_picks_only_that_configuration():
 def test_other_text_picks_every_label_containing_it():
     assert pick("glue", ["+ augmentation"]) == ["tiny, TinyBERT two-stage + augmentation"]
     assert pick("objectives", ["CE only, 1125"]) == [
-        "tiny, CE only, 1125 steps", "tiny, CE only, 1125 steps, seed 1", "tiny, CE only, 1125 steps, seed 2"]
+        "tiny, CE only, 1125 steps", "tiny, CE only, 1125 steps, seed 1", "tiny, CE only, 1125 steps, seed 2",
+        "tiny, CE only, 1125 steps, seed 3"]
     assert pick("glue", ["QAT", "lr 3e-4"]) == [label for label, _ in SUITES["glue"] if "QAT" in label or "lr 3e-4" in label]
     assert pick("quant", ["no such configuration"]) == []
 
