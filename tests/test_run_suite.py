@@ -20,7 +20,10 @@ def test_a_whole_label_picks_only_that_configuration():
 
 
 def test_other_text_picks_every_label_containing_it():
-    assert pick("glue", ["+ augmentation"]) == ["tiny, TinyBERT two-stage + augmentation"]
+    assert pick("glue", ["+ augmentation"]) == [
+        "tiny, TinyBERT two-stage + augmentation",
+        "tiny, TinyBERT two-stage + augmentation, general on all GLUE sentences",
+        "tiny, TinyBERT two-stage + augmentation, general on all GLUE sentences, task lr 3e-4"]
     assert pick("objectives", ["CE only, 1125"]) == [
         "tiny, CE only, 1125 steps", "tiny, CE only, 1125 steps, seed 1", "tiny, CE only, 1125 steps, seed 2",
         "tiny, CE only, 1125 steps, seed 3"]
