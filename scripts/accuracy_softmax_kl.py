@@ -15,7 +15,6 @@ import argparse
 import csv
 import datetime
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -27,6 +26,8 @@ if not torch.cuda.is_available():
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from bench_softmax_kl import slug  # noqa: E402  (the GPU-name slug of the benchmark's records)
 
 from distill.kernels import HAS_TRITON, softmax_kl, softmax_kl_reference  # noqa: E402
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     rows.append(row)
                     print(f"{dtype_name:>5} T={temperature:<6g} {case:>6} {name:>19}  loss {row['loss']:.6e}  "
                           f"loss err {row['loss_rel_err']:.2e}  grad err {row['grad_rel_err']:.2e}", flush=True)
-    tag = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-") if cuda else "cpu"
+    tag = slug(device)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     with open(args.out_dir / f"softmax_kl_{tag}_accuracy.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

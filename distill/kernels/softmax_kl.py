@@ -292,18 +292,16 @@ def _triton_launch_config(vocab: int, dtype: torch.dtype, interpreted: bool, tun
         tune = {"block": tune}
     elif isinstance(tune, tuple):
         tune = {"block": tune[0], "num_warps": tune[1]}
-    tune = dict(tune or {})
+    tune = tune or {}
     if interpreted:  # the interpreter runs each block as numpy ops with a large fixed cost: use big blocks
-        cfg = {"block": min(triton.next_power_of_2(vocab), 32768), "num_warps": 1, "vec_stats": False}
-        if "block" in tune:
-            cfg["block"] = tune["block"]
-        cfg["vec_stats"] = tune.get("vec_stats", False)
-        return cfg
-    # 2048-wide blocks with 8 warps: on an H200 (16,384 x 128,256, forward + backward) they beat the 4096 /
-    # 8192-wide blocks by 7-20% in bf16 and fp32 (docs/benchmarks/softmax_kl.md, launch sweep).  1024 / 4 warps
-    # was 4-9% faster still there, but is unmeasured at other vocabulary sizes, so not the default yet.
-    block = tune.get("block") or max(min(triton.next_power_of_2(vocab), 2048), 128)
-    num_warps = tune.get("num_warps") or (16 if block >= 8192 else (8 if block >= 2048 else 4))
+        block = tune.get("block") or min(triton.next_power_of_2(vocab), 32768)
+        num_warps = 1
+    else:
+        # 2048-wide blocks with 8 warps: on an H200 (16,384 x 128,256, forward + backward) they beat the 4096 /
+        # 8192-wide blocks by 7-20% in bf16 and fp32 (docs/benchmarks/softmax_kl.md, launch sweep).  1024 / 4
+        # warps was 4-9% faster still there, but is unmeasured at other vocabulary sizes, so not the default yet.
+        block = tune.get("block") or max(min(triton.next_power_of_2(vocab), 2048), 128)
+        num_warps = tune.get("num_warps") or (16 if block >= 8192 else (8 if block >= 2048 else 4))
     return {"block": block, "num_warps": num_warps, "vec_stats": tune.get("vec_stats", False)}
 
 
