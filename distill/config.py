@@ -10,8 +10,6 @@ from omegaconf import DictConfig
 
 from distill.errors import ConfigError, DistillError
 
-STAGES = ("teacher", "distill", "eval", "general")
-
 
 def build(node: Any, key: str, **objects: Any) -> Any:
     """``hydra.utils.instantiate`` that turns a failure into one sentence naming the config key.
@@ -43,22 +41,25 @@ def _as_config_error(err: Exception, key: str) -> DistillError:
     return ConfigError(f"{key} could not be built: {reason}")
 
 
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
+
+
 def validate(cfg: DictConfig) -> None:
-    """Cheap checks of the top-level keys; deeper checks happen as each object is built."""
-    if cfg.stage not in STAGES:
-        raise ConfigError(f"stage={cfg.stage!r} is not allowed; use one of {', '.join(STAGES)}.")
+    """Cheap checks of the top-level keys; deeper checks happen as each object is built (all before any work)."""
+    stage = cfg.get("stage")
+    if not isinstance(stage, DictConfig) or not stage.get("_target_"):
+        raise ConfigError(f"stage={stage!r} is not a stage preset; use stage=teacher, distill, eval or general.")
     if cfg.ckpt_path not in (None, "auto") and not isinstance(cfg.ckpt_path, str):
         raise ConfigError(f"ckpt_path={cfg.ckpt_path!r} must be null, auto or a checkpoint file.")
-    if cfg.stage == "eval" and not cfg.eval.model_path:
-        raise ConfigError("eval.model_path is not set; stage=eval needs a saved model folder (e.g. a run's student/).")
-    general = cfg.get("general") or {}
-    seed, lr = general.get("seed"), general.get("lr")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError(f"general.seed={seed!r} must be an integer, or null for the run's seed.")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
-        raise ConfigError(f"general.lr={lr!r} must be a positive number, or null for optimizer.lr.")
     if cfg.eval.split not in ("train", "dev"):
         raise ConfigError(f"eval.split={cfg.eval.split!r} is not allowed; use train or dev.")
+    lr = (cfg.get("optimizer") or {}).get("lr")
+    if lr is not None and not _positive(lr):
+        raise ConfigError(f"optimizer.lr={lr!r} must be a positive number.")
+    epochs = (cfg.get("trainer") or {}).get("max_epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or (epochs < 1 and epochs != -1)):
+        raise ConfigError(f"trainer.max_epochs={epochs!r} must be a positive whole number (or -1 with trainer.max_steps).")
 
 
 def check_pair(student, teacher, tokenizer) -> None:

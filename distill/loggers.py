@@ -3,7 +3,8 @@ hyperparameters, and a throughput callback.
 
 * :func:`wandb_logger` — what ``conf/logger/wandb.yaml`` builds. Without an API key (``WANDB_API_KEY`` or a
   netrc entry for the W&B host) it logs offline into ``<save_dir>/wandb`` and says so in one line; an explicit
-  ``WANDB_MODE`` (``online``, ``offline``, ``disabled``) always wins.
+  ``WANDB_MODE`` (``online``, ``offline``, ``disabled``) always wins. All runs of one command share a group
+  (:func:`command_group`) and a phase's run is named ``<name>-<phase>``.
 * :func:`log_config` — send the resolved Hydra config (plus the chosen presets) to every logger.
 * :class:`ThroughputMonitor` — examples/s and tokens/s of training, logged every few batches.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -25,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
 OFFLINE_MODES = {"offline", "dryrun"}
+_PROCESS_START = time.strftime("%Y-%m-%d_%H-%M-%S")  # the group of runs made outside Hydra
 
 
 # ---- Weights & Biases --------------------------------------------------------------------------
@@ -58,18 +61,66 @@ def wandb_mode(offline: bool = False) -> str:
     return "online"
 
 
+def _hydra_dirs() -> tuple[Path, Path] | None:
+    """(this job's output dir, the command's dir: the run dir, or the sweep dir of a multirun), under Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        job = Path(hc.runtime.output_dir)
+        return job, Path(str(hc.sweep.dir)) if hc.mode == RunMode.MULTIRUN else job
+    except (ValueError, AttributeError, TypeError):  # not inside a Hydra app, or a config without those nodes
+        return None
+
+
+def command_group(prefix: str | None = None) -> str:
+    """The W&B group of every run this command makes: ``WANDB_RUN_GROUP`` if set, else ``<prefix>-<folder>``
+    with the folder of the Hydra run (or of the multirun's sweep), else ``<prefix>-<start time>`` of this process.
+
+    Under Hydra the group follows from the command's folder, so DDP workers (relaunched with the same
+    ``hydra.run.dir``) and every phase of the run agree on it.
+    """
+    group = os.environ.get("WANDB_RUN_GROUP", "").strip()
+    if group:
+        return group
+    dirs = _hydra_dirs()
+    stamp = dirs[1].name if dirs else _PROCESS_START
+    return f"{prefix}-{stamp}" if prefix else stamp
+
+
+def phase_of(save_dir: str | os.PathLike) -> str | None:
+    """The phase a logger's folder belongs to, relative to the Hydra job's folder: ``phases/2-prediction`` →
+    ``prediction``, ``general`` → ``general``; None for the job's folder itself or outside Hydra."""
+    dirs = _hydra_dirs()
+    if dirs is None:
+        return None
+    try:
+        rel = Path(save_dir).resolve().relative_to(dirs[0].resolve())
+    except ValueError:
+        return None
+    if not rel.parts:
+        return None
+    return re.sub(r"^\d+-", "", rel.parts[-1])
+
+
 def wandb_logger(save_dir: str | os.PathLike = ".", offline: bool = False, log_model: bool | str = False,
-                 **kwargs: Any):
+                 name: str | None = None, group: str | None = None, phase: str | None = None, **kwargs: Any):
     """A Lightning ``WandbLogger`` that runs offline (with a one-line notice) when no API key is configured.
 
     Arguments are those of ``lightning.pytorch.loggers.WandbLogger``. An explicit ``WANDB_MODE`` environment
     variable is respected: ``offline`` (or ``dryrun``), ``disabled`` (nothing is logged) or ``online``.
     A run still open in this process (the previous job of a Hydra multirun) is finished first, so each job
-    gets its own W&B run.
+    gets its own W&B run. ``group`` null: :func:`command_group` (one group per command). ``phase`` (null: from
+    ``save_dir``, see :func:`phase_of`) names the run ``<name>-<phase>``. wandb's own banner is left out
+    (offline: entirely, the notice says where the run is; online: all but the run's address).
     """
     import wandb
     from lightning.pytorch.loggers import WandbLogger
 
+    phase = phase or phase_of(save_dir)
+    kwargs["name"] = f"{name}-{phase}" if name and phase else name
+    kwargs["group"] = group or command_group(name)
     explicit = bool(os.environ.get("WANDB_MODE", "").strip())
     mode = wandb_mode(offline)
     save_dir = Path(save_dir)
@@ -82,6 +133,8 @@ def wandb_logger(save_dir: str | os.PathLike = ".", offline: bool = False, log_m
     # Pass the mode to wandb.init explicitly: wandb keeps the settings of its first setup in this process
     # (e.g. an earlier WANDB_MODE=disabled), and only init arguments override them.
     kwargs["mode"] = mode
+    if "settings" not in kwargs:
+        kwargs["settings"] = wandb.Settings(silent=True) if mode == "offline" else wandb.Settings(quiet=True)
     if wandb.run is not None:
         wandb.finish()
     logger = WandbLogger(save_dir=str(save_dir), offline=mode == "offline", log_model=log_model, **kwargs)

@@ -111,10 +111,11 @@ class DistillationModule(TaskModule):
         self.teacher = teacher
         self.teacher.requires_grad_(False)
         self.teacher.eval()
-        for term in (self.objective.soft, self.objective.hard, *self.objective.terms.values()):
-            attach = getattr(term, "attach", None)
-            if callable(attach):
-                attach(self.student, self.teacher)
+        self.objective.attach(self.student, self.teacher)
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self.objective.detach()  # hooks live as long as this module's fit; the next phase hooks afresh
 
     def train(self, mode: bool = True) -> DistillationModule:
         super().train(mode)

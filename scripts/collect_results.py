@@ -3,7 +3,7 @@
     python scripts/collect_results.py outputs/multirun/2026-11-27_10-00-00
     python scripts/collect_results.py outputs/multirun/<time> --out docs/sweeps/x.md --csv docs/sweeps/x.csv
 
-Reads each job folder's .hydra/overrides.yaml, report.json and (if present) compression.json; jobs without
+Reads each job folder's .hydra/overrides.yaml and report.json (and an older run's compression.json); jobs without
 report.json are listed as failed/unfinished. Prints the markdown table and writes it (default
 <dir>/results.md) and the CSV (default: next to the markdown, .csv).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill.results import collect, find_run_dirs  # noqa: E402
+from distill.report.results import collect, find_run_dirs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,9 @@ PUBLISHED = [
      "Jiao et al. 2020"),
 ]
 TARGETS = {"distil": 0.97, "tiny": 0.95}  # issue #6: retention on SST-2 and MRPC
+# report rows shown under the fp32 student, with their labels in the table
+VARIANT_LABELS = (("student_int8_qat", "student int8 (QAT)"), ("student_int8_ptq", "student int8 (PTQ)"),
+                  ("student_onnx_int8", "student ONNX int8"))
 DEFAULT_DATA = Path(os.environ.get("DISTILL_DATA_DIR", ROOT.parent / "shared" / "data" / "glue"))
 
 
@@ -67,15 +70,16 @@ def _task_of(entry: dict) -> str:
 
 
 def rows_of(entry: dict) -> list[dict]:
-    """(teacher row, student rows) of a run: report.json's, plus the int8 rows of its compression report."""
+    """(teacher row, student rows) of a run: all in report.json; older records kept the int8 rows in a
+    separate ``compression`` report, read when report.json lacks them."""
     report = entry.get("report") or {}
     models = {m["model"]: m for m in report.get("models", [])}
-    rows = [dict(models["student"], model="student fp32")] if "student" in models else []
     comp = {m["model"]: m for m in (entry.get("compression") or {}).get("models", [])}
-    for name, label in (("student_int8_qat", "student int8 (QAT)"), ("student_int8_ptq", "student int8 (PTQ)"),
-                        ("student_onnx_int8", "student ONNX int8")):
-        if name in comp:
-            rows.append(dict(comp[name], model=label))
+    rows = [dict(models["student"], model="student fp32")] if "student" in models else []
+    for name, label in VARIANT_LABELS:
+        found = models.get(name) or comp.get(name)
+        if found:
+            rows.append(dict(found, model=label))
     return [models.get("teacher") or comp.get("teacher") or {}] + rows
 
 

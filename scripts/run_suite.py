@@ -109,13 +109,13 @@ def run_one(label: str, overrides: list[str], log_dir: Path, env: dict[str, str]
         return entry
     run_dir = reports[-1].parent
     entry["run_dir"] = str(run_dir)
-    entry["report"] = json.loads(reports[-1].read_text())
-    if (run_dir / "compression.json").is_file():
-        entry["compression"] = json.loads((run_dir / "compression.json").read_text())
+    entry["report"] = json.loads(reports[-1].read_text())  # every model's row, int8 and ONNX variants included
     return entry
 
 
 def rows_of(entry: dict) -> list[dict]:
+    """The model rows of a record: report.json's; older quantized records kept all of them (teacher,
+    student_fp32, int8, ONNX) in a separate ``compression`` report, which then is the fuller one."""
     source = entry.get("compression") or entry.get("report") or {}
     return source.get("models") or source.get("rows") or []
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertTokenizerFast
 
-from distill.augment import (
+from distill.blocks import build_datamodule
+from distill.data.augment import (
     augment_ids,
     augment_train_set,
     nearest_neighbours,
@@ -17,7 +18,6 @@ from distill.augment import (
 )
 from distill.data.tasks import get_task
 from distill.models.teacher import load_classifier
-from distill.train import build_datamodule
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -9,11 +9,11 @@ from conftest import CONF
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from distill.blocks import build_objective, build_trainer
 from distill.config import build
 from distill.data.glue import GLUEDataModule
 from distill.losses import DistillationObjective
 from distill.models.teacher import load_classifier
-from distill.train import build_objective, build_trainer
 
 
 def options(group: str) -> list[str]:
@@ -25,7 +25,7 @@ def test_default_config_resolves(make_cfg):
     for key in cfg:
         if key != "hydra":  # every interpolation of the run config resolves
             OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-    assert cfg.stage == "distill" and cfg.data.task == "sst2" and cfg.student.hidden_size == 128
+    assert cfg.stage._target_ == "distill.stages.distill.run" and cfg.data.task == "sst2" and cfg.student.hidden_size == 128
     assert cfg.hydra.runtime.choices.student == "micro"
 
 
@@ -53,12 +53,27 @@ def test_student_options(make_cfg, tiny_teacher, name):
     assert student.config.vocab_size == teacher.config.vocab_size
 
 
-def test_student_preset_geometries(make_cfg):
-    geometry = {}
+def test_student_presets_build_the_published_geometries(make_cfg):
+    """Each preset, built from a MiniLM-L6-shaped teacher (on the meta device: no weights), has its paper's
+    geometry and the parameter count of the shipped students (README / RESULTS.md: tiny 14,350,874)."""
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    from distill.models.student import count_parameters
+
+    minilm = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                        intermediate_size=1536, max_position_embeddings=512, num_labels=2)
+    built = {}
     for name in ("tiny", "mini", "micro"):
-        node = OmegaConf.load(CONF / "student" / f"{name}.yaml")
-        geometry[name] = (node.num_hidden_layers, node.hidden_size, node.num_attention_heads, node.intermediate_size)
-    assert geometry == {"tiny": (4, 312, 12, 1200), "mini": (4, 256, 4, 1024), "micro": (2, 128, 2, 512)}
+        with torch.device("meta"):
+            teacher = AutoModelForSequenceClassification.from_config(minilm)
+            student = build(make_cfg(f"student={name}", "student.init_embeddings=random").student, "student",
+                            teacher=teacher)
+        c = student.config
+        built[name] = (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, c.vocab_size)
+        if name == "tiny":
+            assert count_parameters(student) == 14_350_874
+    # TinyBERT-4 (Jiao et al.), and Turc et al.'s BERT-mini / a 2-layer 128-wide micro, all on the teacher's vocabulary
+    assert built == {"tiny": (4, 312, 12, 1200, 30522), "mini": (4, 256, 4, 1024, 30522), "micro": (2, 128, 2, 512, 30522)}
 
 
 def test_pretrained_student_option(make_cfg, tiny_teacher):
@@ -74,7 +89,7 @@ def test_loss_options(make_cfg, tiny_teacher, name):
 
     teacher = load_classifier(str(tiny_teacher), get_task("sst2"), attn_implementation="eager")
     student = load_classifier(str(tiny_teacher), get_task("sst2"), attn_implementation="eager")
-    objective = build_objective(cfg, student, teacher)
+    objective = build_objective(cfg.loss, student, teacher)
     assert isinstance(objective, DistillationObjective)
 
 
@@ -110,12 +125,23 @@ def test_callback_and_logger_options(make_cfg, group, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", options("quant"))
 def test_quant_options(make_cfg, name):
     cfg = make_cfg(f"quant={name}")
-    assert cfg.quant.mode in ("none", "qat", "ptq")
+    assert "mode" not in cfg.quant  # config selects code through _target_, never a mode string
     if cfg.quant.get("callback"):
         assert isinstance(build(cfg.quant.callback, "quant.callback"), L.Callback)
+    for key, node in (cfg.quant.get("variants") or {}).items():
+        assert callable(build(node, f"quant.variants.{key}"))
 
 
 @pytest.mark.parametrize("name", options("experiment"))
 def test_experiment_options_compose(make_cfg, name):
     cfg = make_cfg(f"experiment={name}")
-    assert cfg.stage in ("teacher", "distill", "eval")
+    assert cfg.stage._target_ == "distill.stages.distill.run"
+    for phase in (cfg.phases or {}).values():  # every phase has an order and a composed loss node
+        assert isinstance(phase.order, int) and phase.loss._target_ == "distill.losses.DistillationObjective"
+
+
+@pytest.mark.parametrize("name", options("stage"))
+def test_stage_options_name_a_function(make_cfg, name):
+    from hydra.utils import get_method
+
+    assert callable(get_method(make_cfg(f"stage={name}").stage._target_))

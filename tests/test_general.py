@@ -7,8 +7,8 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from distill.data.tasks import get_task
+from distill.data.text import TextDataModule, collect_texts
 from distill.errors import DataError
-from distill.general import TextDataModule, collect_texts
 from distill.models.student import pretrained_student
 from distill.models.teacher import load_classifier
 from distill.train import run
@@ -58,30 +58,39 @@ def test_missing_or_empty_text_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="names .*missing.txt, which is not a file"):
         collect_texts(None, [str(tmp_path / "missing.txt")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="found no text in data.data_dir"):
+    with pytest.raises(DataError, match="found no text in data_dir"):
         collect_texts(tmp_path / "empty")
 
 
 def test_text_batches_pad_and_mask(tiny_teacher):
     tok = AutoTokenizer.from_pretrained(str(tiny_teacher))
-    dm = TextDataModule(["good movie", "a very very long boring film plot"], tok, max_length=6, batch_size=2)
+    dm = TextDataModule(tok, ["good movie", "a very very long boring film plot"], max_length=6, batch_size=2)
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape == (2, 6) and "mlm_labels" not in batch
-    masked = TextDataModule(["good movie"] * 8, tok, max_length=8, batch_size=8, mask_prob=0.5)
+    masked = TextDataModule(tok, ["good movie"] * 8, max_length=8, batch_size=8, mask_prob=0.5)
     batch = next(iter(masked.train_dataloader()))
     assert batch["mlm_mask"].dtype == torch.bool and batch["mlm_labels"].shape == batch["input_ids"].shape
 
 
 def test_general_stage_saves_a_student_that_pretrained_can_load(make_cfg, tmp_path, tiny_teacher):
-    metrics, objs = run(make_cfg("stage=general", "general.max_samples=16", "general.batch_size=8", "logger=none"))
+    metrics, objs = run(make_cfg("stage=general", "experiment=tinybert_sst2", "student=micro",
+                                 "phases.general.data.max_samples=16", "phases.general.data.batch_size=8", "logger=none"))
     out = tmp_path / "run" / "general_student"
-    assert objs["general_student"] == str(out) and metrics["general_texts"] == 16
+    assert objs["general_student"] == str(out) and metrics["general_steps"] == 2  # 16 texts / 8 per batch, 1 epoch
     assert AutoConfig.from_pretrained(out).architectures == ["BertModel"]  # the encoder, no random classifier
     assert (out / "tokenizer_config.json").is_file()
-    assert json.loads((out / "distill_general.json").read_text())["global_step"] == 2
+    assert json.loads((tmp_path / "run" / "phases" / "1-general" / "done.json").read_text())["global_step"] == 2
+    assert not (tmp_path / "run" / "student").exists()  # no task run
     encoder = AutoModel.from_pretrained(out)
     teacher = load_classifier(str(tiny_teacher), get_task("sst2"))
     student = pretrained_student(teacher, str(out))
     assert student.config.hidden_size == 128  # student=micro from the test overrides
     assert torch.equal(student.base_model.embeddings.word_embeddings.weight, encoder.embeddings.word_embeddings.weight)
     assert torch.equal(student.base_model.encoder.layer[1].output.dense.weight, encoder.encoder.layer[1].output.dense.weight)
+
+
+def test_general_stage_without_a_general_phase_is_refused(make_cfg):
+    from distill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stage=general runs a recipe's general-distillation phase"):
+        run(make_cfg("stage=general"))

@@ -15,7 +15,9 @@ from distill.config import build
 from distill.loggers import (
     ThroughputMonitor,
     _batch_counts,
+    command_group,
     log_config,
+    phase_of,
     wandb_api_key,
     wandb_logger,
     wandb_mode,
@@ -85,6 +87,40 @@ def test_logger_presets_compose_and_build(make_cfg, no_wandb_env, capsys):
     assert NOTICE in capsys.readouterr().err
 
 
+def test_wandb_runs_of_one_command_share_a_group_and_phases_are_named(make_cfg, no_wandb_env, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    cfg = make_cfg("logger=wandb")
+    run = build(cfg.logger.wandb, "logger.wandb")  # the run folder is tmp_path / "run"
+    phase = wandb_logger(save_dir=tmp_path / "run" / "phases" / "2-prediction", project="distill", name="sst2-micro")
+    general = wandb_logger(save_dir=tmp_path / "run" / "general", name="sst2-micro")
+    inits = [lg._wandb_init for lg in (run, phase, general)]
+    assert {i["group"] for i in inits} == {"sst2-micro-run"}
+    assert [i["name"] for i in inits] == ["sst2-micro", "sst2-micro-prediction", "sst2-micro-general"]
+    assert all(i["settings"].silent for i in inits)  # offline: the notice says where; no wandb banner
+    assert phase_of(tmp_path / "run") is None and phase_of(tmp_path / "elsewhere") is None
+    assert wandb_logger(save_dir=tmp_path / "run", name="x", group="mine")._wandb_init["group"] == "mine"
+    monkeypatch.setenv("WANDB_RUN_GROUP", "ablation")  # wandb's own variable wins over the computed group
+    assert wandb_logger(save_dir=tmp_path / "run", name="x")._wandb_init["group"] == "ablation"
+
+
+def test_command_group_of_a_sweep_and_outside_hydra(make_cfg, tmp_path, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    cfg = make_cfg()
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored afterwards
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = "MULTIRUN"
+        cfg.hydra.sweep.dir = str(tmp_path / "multirun" / "2026-01-02_03-04-05")
+    HydraConfig.instance().set_config(cfg)
+    assert command_group("sst2-micro") == "sst2-micro-2026-01-02_03-04-05"  # every job of the sweep
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    assert command_group("a") == command_group("a") and command_group("a").startswith("a-20")
+
+
 def test_log_config_writes_resolved_config_and_presets(make_cfg, tmp_path):
     cfg = make_cfg("loss.temperature=3")
     logger = CSVLogger(tmp_path / "logs", name="csv")
@@ -147,7 +183,8 @@ def test_distill_run_logs_to_csv_and_offline_wandb_with_throughput(make_cfg, no_
     when this process set wandb up earlier under WANDB_MODE=disabled (wandb caches its first settings)."""
     import wandb
 
-    from distill.train import build_trainer, run
+    from distill.blocks import build_trainer
+    from distill.train import run
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     build_trainer(make_cfg("logger=csv_wandb"), tmp_path / "earlier")  # logs the config: wandb.setup() runs

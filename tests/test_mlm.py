@@ -7,18 +7,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
+from distill.data.masking import IGNORE, mask_batch, mask_tokens
 from distill.errors import ConfigError
 from distill.kernels import softmax_kl_reference
-from distill.mlm import (
-    IGNORE,
-    MaskedLMLoss,
-    MaskedSoftKL,
-    classifier_view,
-    load_mlm_teacher,
-    mask_batch,
-    mask_tokens,
-    masked_lm_student,
-)
+from distill.losses.mlm import MaskedLMLoss, MaskedSoftKL
+from distill.models.mlm import classifier_view, load_mlm_teacher, masked_lm_student
 from distill.models.student import distil_student
 
 

@@ -6,21 +6,23 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONF
+from omegaconf import OmegaConf
 
-from distill import phases as phases_mod
+from distill.phases import fit as phases_mod
 from distill.errors import ConfigError
-from distill.phases import adopt_previous_run, plan_phases
+from distill.phases import adopt_previous_run, model_configs, phase_config, phase_objective, plan_phases
 from distill.train import run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-SHRINK = ["data.max_train_samples=16", "general.max_samples=24", "logger=none"]
+SHRINK = ["data.max_train_samples=16", "logger=none"]
+GENERAL = ["phases.general.data.max_samples=24"]
 RECIPES = {
     "distilbert_sst2": ["student=distil"],
-    "tinybert_sst2": ["phases.0.max_epochs=1"],
-    "minilm_sst2": ["phases.0.max_epochs=1", "phases.1.max_epochs=1"],
-    "tinybert_aug_sst2": ["phases.0.max_epochs=1", "augment.copies=2"],
-    "mlm_distill": ["student=distil"],
+    "tinybert_sst2": [*GENERAL, "phases.intermediate.max_epochs=1"],
+    "minilm_sst2": ["phases.attention.max_epochs=1", "phases.prediction.max_epochs=1"],
+    "tinybert_aug_sst2": [*GENERAL, "phases.intermediate.max_epochs=1", "augment.copies=2"],
+    "mlm_distill": [*GENERAL, "student=distil"],
 }
 
 
@@ -36,54 +38,71 @@ def test_recipe_runs_end_to_end(make_cfg, tmp_path, tiny_mlm_teacher, name):
     out = tmp_path / "run"
     assert (out / "report.json").is_file() and (out / "student" / "config.json").is_file()
     assert 0.0 <= metrics["student_score"] <= 1.0
-    for i, phase in enumerate(cfg.phases or []):
-        done = json.loads((out / "phases" / f"{i + 1}-{phase.name}" / "done.json").read_text())
-        assert done["name"] == phase.name and done["global_step"] > 0
-    if cfg.general.before_distill:
-        (cached,) = (tmp_path / "cache" / "general").iterdir()
-        assert (cached / "config.json").is_file() and (cached / "tokenizer_config.json").is_file()
-        assert (cached / "distill_general.json").is_file()
+    names = sorted(cfg.phases or {}, key=lambda n: cfg.phases[n].order)
+    for i, name in enumerate(names):
+        done = json.loads((out / "phases" / f"{i + 1}-{name}" / "done.json").read_text())
+        assert done["name"] == name and done["global_step"] > 0
+    if "general" in names:
+        (cached,) = (tmp_path / "cache" / "phases").iterdir()
+        assert cached.name.startswith("general-") and (cached / "done.json").is_file()
+        assert (cached / "student" / "config.json").is_file() and (cached / "student" / "tokenizer_config.json").is_file()
     if cfg.augment.enabled:
         assert len(list((tmp_path / "cache" / "augmented").iterdir())) == 1
 
 
 def test_general_student_is_cached_and_reused(make_cfg, tmp_path, caplog):
-    args = ["experiment=tinybert_sst2", *SHRINK, "phases.0.max_epochs=1", "callbacks=none"]
+    args = ["experiment=tinybert_sst2", *SHRINK, *GENERAL, "phases.intermediate.max_epochs=1", "callbacks=none"]
+    cache = tmp_path / "cache" / "phases"
     run(make_cfg(*args, output="first"))
-    (cached,) = (tmp_path / "cache" / "general").iterdir()
-    stamp = (cached / "model.safetensors").stat().st_mtime_ns
+    (cached,) = cache.iterdir()
+    stamp = (cached / "student" / "model.safetensors").stat().st_mtime_ns
     with caplog.at_level("INFO", logger="distill"):
         run(make_cfg(*args, output="second"))
-    assert f"Reusing the general student cached at {cached}" in caplog.text
-    assert not (tmp_path / "second" / "general").exists()
-    assert (cached / "model.safetensors").stat().st_mtime_ns == stamp
-    run(make_cfg(*args, "general.max_samples=20", output="third"))  # other texts, other cache entry
-    assert len(list((tmp_path / "cache" / "general").iterdir())) == 2
-    # another task seed starts from the same general student when general.seed pins it ...
-    run(make_cfg(*args, "seed=1", "general.seed=42", output="fourth"))
-    assert not (tmp_path / "fourth" / "general").exists()
-    assert len(list((tmp_path / "cache" / "general").iterdir())) == 2
+    assert f"Phase 1/3 general: reusing the result cached at {cached}" in caplog.text
+    assert not (tmp_path / "second" / "phases" / "1-general").exists()
+    assert (cached / "student" / "model.safetensors").stat().st_mtime_ns == stamp
+    run(make_cfg(*args, "phases.general.data.max_samples=20", output="third"))  # other texts, other cache entry
+    assert len(list(cache.iterdir())) == 2
+    # another task seed starts from the same general student when phases.general.seed pins it ...
+    run(make_cfg(*args, "seed=1", "phases.general.seed=42", output="fourth"))
+    assert not (tmp_path / "fourth" / "phases" / "1-general").exists()
+    assert len(list(cache.iterdir())) == 2
     # ... and, unset, the general seed follows the run's: a new general student
     run(make_cfg(*args, "seed=1", output="fifth"))
-    assert (tmp_path / "fifth" / "general").is_dir()
-    assert len(list((tmp_path / "cache" / "general").iterdir())) == 3
-    # the task runs' learning rate leaves the general student alone when general.lr keeps the general one
-    run(make_cfg(*args, "optimizer.lr=3e-4", "general.lr=1e-4", output="sixth"))
-    assert not (tmp_path / "sixth" / "general").exists()
-    run(make_cfg(*args, "optimizer.lr=3e-4", output="seventh"))  # general.lr unset: the run's 3e-4
-    assert len(list((tmp_path / "cache" / "general").iterdir())) == 4
+    assert (tmp_path / "fifth" / "phases" / "1-general" / "done.json").is_file()
+    assert len(list(cache.iterdir())) == 3
+    # the task runs' learning rate leaves the general student alone when the phase keeps its own
+    run(make_cfg(*args, "optimizer.lr=3e-4", "+phases.general.optimizer.lr=1e-4", output="sixth"))
+    assert not (tmp_path / "sixth" / "phases" / "1-general").exists()
+    run(make_cfg(*args, "optimizer.lr=3e-4", output="seventh"))  # unset: the run's 3e-4, a new entry
+    assert len(list(cache.iterdir())) == 4
 
 
-def test_general_lr_sets_the_general_stage_optimizer_only(make_cfg):
-    from distill.general import general_config
+def test_each_phase_config_comes_from_its_node_and_the_run_config_is_unchanged(make_cfg, tmp_path):
+    cfg = make_cfg("experiment=tinybert_sst2", "optimizer.lr=3e-4", "+phases.general.optimizer.lr=5e-5",
+                   "phases.prediction.max_epochs=5", "phases.prediction.loss.temperature=4")
+    before = OmegaConf.to_yaml(cfg)
+    general, inter, pred = plan_phases(cfg, tmp_path)
+    assert [p.name for p in (general, inter, pred)] == ["general", "intermediate", "prediction"]
+    assert general.cfg.optimizer.lr == 5e-5 and inter.cfg.optimizer.lr == 3e-4 == cfg.optimizer.lr
+    assert pred.cfg.trainer.max_epochs == 5 and inter.cfg.trainer.max_epochs == 2
+    assert phase_config(cfg, "prediction", tmp_path).loss.temperature == 4
+    assert phase_objective(pred, *model_configs(cfg.student, str(cfg.teacher.name_or_path))).temperature(0, 1) == 4
+    assert general.own_models and not pred.own_models and pred.final and not inter.final
+    assert pred.cfg.paths.output_dir == str(tmp_path / "phases" / "3-prediction")
+    assert OmegaConf.to_yaml(cfg) == before
 
-    cfg = make_cfg("experiment=tinybert_sst2", "optimizer.lr=3e-4", "general.lr=5e-5")
-    assert general_config(cfg, Path("unused")).optimizer.lr == 5e-5 and cfg.optimizer.lr == 3e-4
-    assert general_config(make_cfg("optimizer.lr=3e-4"), Path("unused")).optimizer.lr == 3e-4
+
+def test_a_command_line_loss_override_reaches_a_phase_that_uses_the_run_loss(make_cfg, tmp_path):
+    cfg = make_cfg("experiment=minilm_sst2", "loss.temperature=4", "loss.alpha=0.25")
+    attention, prediction = plan_phases(cfg, tmp_path)
+    objective = phase_objective(prediction, *model_configs(cfg.student, str(cfg.teacher.name_or_path)))
+    assert objective.temperature(0, 1) == 4 and objective.alpha(0, 1) == 0.25
+    assert set(phase_config(cfg, "attention", tmp_path).loss.terms) == {"attention", "value"}
 
 
 def test_finished_phase_is_skipped_on_resume(make_cfg, tmp_path, caplog, monkeypatch):
-    args = ["experiment=minilm_sst2", *SHRINK, "phases.0.max_epochs=1", "phases.1.max_epochs=1"]
+    args = ["experiment=minilm_sst2", *SHRINK, "phases.attention.max_epochs=1", "phases.prediction.max_epochs=1"]
     run(make_cfg(*args))
     first, second = tmp_path / "run" / "phases" / "1-attention", tmp_path / "run" / "phases" / "2-prediction"
     stamps = {p: p.stat().st_mtime_ns for p in (first / "student.pt", first / "checkpoints" / "last.ckpt")}
@@ -91,13 +110,13 @@ def test_finished_phase_is_skipped_on_resume(make_cfg, tmp_path, caplog, monkeyp
     for path in (second / "done.json", second / "student.pt", tmp_path / "run" / "report.json"):
         path.unlink()
     seen = {}
-    real_fit = phases_mod._fit_one
+    real_fit = phases_mod.fit_phase
 
-    def spy(pcfg, phase, n, objective, student, teacher, *rest):
+    def spy(phase, objective, student, *rest, **kw):
         seen[phase.name] = {k: v.clone() for k, v in student.state_dict().items()}
-        return real_fit(pcfg, phase, n, objective, student, teacher, *rest)
+        return real_fit(phase, objective, student, *rest, **kw)
 
-    monkeypatch.setattr(phases_mod, "_fit_one", spy)
+    monkeypatch.setattr(phases_mod, "fit_phase", spy)
     with caplog.at_level("INFO", logger="distill"):
         run(make_cfg(*args))
     assert "Phase 1/2 attention already finished; skipped" in caplog.text
@@ -129,32 +148,41 @@ def test_fresh_run_folder_adopts_unfinished_identical_run(tmp_path, make_cfg):
     assert not (other / "phases" / "1-attention" / "done.json").exists()
 
 
-def test_phase_loss_may_name_a_preset(make_cfg, tmp_path):
-    cfg = make_cfg("phases=[{name:inter,loss:tinybert_intermediate,max_epochs:3},{name:pred,loss:kd,optimizer:{lr:0.5}}]")
+def test_a_phase_loss_preset_can_be_added_from_the_command_line(make_cfg, tmp_path):
+    cfg = make_cfg("+phases={inter:{order:1,max_epochs:3},pred:{order:2,optimizer:{lr:0.5}}}",
+                   "+loss@phases.inter.loss=tinybert_intermediate", "+loss@phases.pred.loss=kd")
     inter, pred = plan_phases(cfg, tmp_path)
-    assert set(inter.loss.terms) == {"hidden", "attention"} and pred.loss.soft is not None
-    assert inter.config(cfg).trainer.max_epochs == 3 and inter.out_dir == tmp_path / "phases" / "1-inter"
-    assert pred.config(cfg).optimizer.lr == 0.5 and pred.config(cfg).trainer.max_epochs == cfg.trainer.max_epochs
-    assert pred.config(cfg).paths.output_dir == str(tmp_path / "phases" / "2-pred") and pred.final
+    assert set(inter.cfg.loss.terms) == {"hidden", "attention"} and pred.cfg.loss.soft is not None
+    assert inter.cfg.trainer.max_epochs == 3 and inter.out_dir == tmp_path / "phases" / "1-inter"
+    assert pred.cfg.optimizer.lr == 0.5 and pred.cfg.trainer.max_epochs == cfg.trainer.max_epochs
+    assert pred.cfg.paths.output_dir == str(tmp_path / "phases" / "2-pred") and pred.final
 
 
 MISTAKES = [
-    (["experiment=tinybert_sst2", "loss_presets.intermediate.terms.hidden.layer_map.strategy=explicit",
-      "+loss_presets.intermediate.terms.hidden.layer_map.pairs=[[1,9]]"],
-     "phases[0] (intermediate): HiddenStateMSE.layer_map.pairs[0] names teacher layer 9, outside the allowed range 0..4."),
+    (["experiment=tinybert_sst2", "phases.intermediate.loss.terms.hidden.layer_map.strategy=explicit",
+      "+phases.intermediate.loss.terms.hidden.layer_map.pairs=[[1,9]]"],
+     "HiddenStateMSE.layer_map.pairs[0] names teacher layer 9, outside the allowed range 0..4."),
     (["experiment=tinybert_sst2", "student.attn_implementation=sdpa",
-      "loss_presets.intermediate.terms.attention.source=log_probs"],
-     "phases[0] reads attention probabilities (a term with source attentions/log_probs), which "
+      "phases.intermediate.loss.terms.attention.source=log_probs"],
+     "phases.intermediate reads attention probabilities (a term with source attentions/log_probs), which "
      "student.attn_implementation=sdpa does not return"),
     (["experiment=tinybert_sst2",
-      "loss_presets.prediction.temperature={_target_:distill.schedules.Nope,start:4.0,end:1.0}"],
-     "phases[1].loss could not be built: No module named 'distill.schedules.Nope'"),
+      "phases.prediction.loss.temperature={_target_:distill.schedules.Nope,start:4.0,end:1.0}"],
+     "phases.prediction.loss could not be built: No module named 'distill.schedules.Nope'"),
     (["experiment=minilm_sst2", "student.num_attention_heads=4"],
-     "phases[0] (attention): ValueRelationKL needs equal head counts (student 4, teacher 2)"),
+     "ValueRelationKL needs equal head counts (student 4, teacher 2)"),
     (["experiment=mlm_distill"], "has no masked-LM head; mlm_distill needs a BertForMaskedLM checkpoint."),
-    (["phases=[{name:a,epochs:3}]"], "phases[0] has unknown keys ['epochs']; allowed are name, loss, max_epochs"),
-    (["phases=[{name:a,loss:nope}]"], "phases[0].loss='nope' is not a loss preset; available: ce, distilbert"),
-    (["phases=[{name:a,loss:kd},{name:a,loss:kd}]"], "phases[1].name='a' must be a unique word"),
+    (["experiment=minilm_sst2", "+phases.attention.epochs=3"],
+     "phases.attention has unknown keys ['epochs']; allowed are order, loss, max_epochs"),
+    (["experiment=minilm_sst2", "phases.attention.order=first"], "phases.attention.order='first' must be a whole number"),
+    (["+phases={a:{order:1,loss:kd}}"], "phases.a.loss must be a loss node: compose a preset with"),
+    (["experiment=tinybert_sst2", "phases.general.order=5"],
+     "phases.general has its own teacher (models), so its order must come before the phases that use the task teacher"),
+    (["experiment=tinybert_sst2", "phases.general.seed=first"], "phases.general.seed='first' must be an integer"),
+    (["experiment=tinybert_sst2", "+phases.general.optimizer.lr=-1e-4"],
+     "phases.general.optimizer.lr=-0.0001 must be a positive number"),
+    (["experiment=tinybert_sst2", "phases.general.data.max_samples=0"],
+     "phases.general.data.max_samples=0 must be a positive number or null for all"),
 ]
 
 

@@ -107,14 +107,14 @@ def test_killed_run_resumes_automatically(glue_dir, tiny_teacher, tmp_path):
 BAD_INPUTS = [
     (["loss.temperature=0"], "loss.temperature must be > 0"),
     (["loss.alpha=1.5"], "loss.alpha must be in [0, 1]"),
-    (["stage=serve"], "stage='serve' is not allowed; use one of teacher, distill, eval"),
     (["paths.data_dir=/nonexistent/glue"], "has no SST-2/ folder"),
     (["data=stsb"], "has 2 labels but task 'stsb' needs 1"),
     (["teacher.name_or_path=/nonexistent/model"], "teacher.name_or_path='/nonexistent/model' is not a local model"),
     (["data.max_train_samples=-3"], "data.max_train_samples=-3 must be a positive number"),
     (["student.hidden_size=100", "student.num_attention_heads=3"], "must be divisible by"),
-    (["general.seed=first"], "general.seed='first' must be an integer, or null for the run's seed"),
-    (["general.lr=-1e-4"], "general.lr=-0.0001 must be a positive number, or null for optimizer.lr"),
+    (["experiment=tinybert_sst2", "phases.general.seed=first"], "phases.general.seed='first' must be an integer"),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be a positive number"),
+    (["trainer.max_epochs=-3"], "trainer.max_epochs=-3 must be a positive whole number"),
 ]
 
 
@@ -157,11 +157,13 @@ def test_malformed_tsv_row_names_file_and_line(glue_dir, tiny_teacher, tmp_path,
     assert f"error: {bad / 'SST-2' / 'train.tsv'}:3: malformed row" in err
 
 
-def test_unknown_preset_is_named_with_options(tmp_path):
-    proc = _cli(["student=huge", f"paths.log_dir={tmp_path}"])
+@pytest.mark.parametrize("override, option", [("student=huge", "tiny"), ("stage=serve", "distill")])
+def test_unknown_preset_is_named_with_options(tmp_path, override, option):
+    proc = _cli([override, f"paths.log_dir={tmp_path}"])
     _, err = proc.communicate(timeout=120)
+    group = override.split("=")[0]
     assert proc.returncode != 0
-    assert "Could not find 'student/huge'" in err and "tiny" in err and "Traceback" not in err
+    assert f"Could not find '{group}/{override.split('=')[1]}'" in err and option in err and "Traceback" not in err
 
 
 def test_mismatched_student_vocab_is_refused(glue_dir, tiny_teacher, tmp_path, monkeypatch, capsys):

@@ -62,6 +62,28 @@ class DistillationObjective(nn.Module):
         return frozenset(need)
 
     @property
+    def parts(self) -> dict[str, nn.Module]:
+        """Every term by name: ``soft`` and ``hard`` when set, then ``terms`` (each a :class:`~distill.losses.protocol.LossTerm`)."""
+        named = {"soft": self.soft, "hard": self.hard, **dict(self.terms.items())}
+        return {name: module for name, module in named.items() if module is not None}
+
+    @property
+    def term_names(self) -> list[str]:
+        return list(self.parts)
+
+    def attach(self, student: nn.Module, teacher: nn.Module) -> None:
+        """Let every term that reads model internals hook into ``student`` and ``teacher``."""
+        for module in self.parts.values():
+            if callable(getattr(module, "attach", None)):
+                module.attach(student, teacher)
+
+    def detach(self) -> None:
+        """Remove every hook :meth:`attach` placed (the next fit's terms hook the models afresh)."""
+        for module in self.parts.values():
+            if callable(getattr(module, "detach", None)):
+                module.detach()
+
+    @property
     def needs_teacher(self) -> bool:
         return self.soft is not None or len(self.terms) > 0
 

@@ -12,6 +12,7 @@ import copy
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
+from distill.console import quiet_load
 from distill.errors import ConfigError
 
 
@@ -135,11 +136,12 @@ def pretrained_student(
     """A student loaded from a checkpoint (e.g. a general-distilled student or a hub model)."""
     config = AutoConfig.from_pretrained(name_or_path)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return AutoModelForSequenceClassification.from_pretrained(
-        name_or_path, num_labels=teacher.config.num_labels, id2label=teacher.config.id2label,
-        label2id=teacher.config.label2id, ignore_mismatched_sizes=config.num_labels != teacher.config.num_labels,
-        **kwargs,
-    )
+    with quiet_load():  # a general student gets the task's (new or resized) head
+        return AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, num_labels=teacher.config.num_labels, id2label=teacher.config.id2label,
+            label2id=teacher.config.label2id, ignore_mismatched_sizes=config.num_labels != teacher.config.num_labels,
+            **kwargs,
+        )
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
+from distill.console import quiet_load
 from distill.data.tasks import TaskSpec
 from distill.errors import ConfigError
 
@@ -52,7 +53,8 @@ def load_classifier(name_or_path: str, task: TaskSpec, attn_implementation: str 
             f"teacher.name_or_path={name_or_path!r} has {config.num_labels} labels but task {task.name!r} needs "
             f"{task.num_labels}; use a teacher fine-tuned on this task or teacher.finetune=true."
         )
-    return AutoModelForSequenceClassification.from_pretrained(name_or_path, **labels, **kwargs)
+    with quiet_load():  # a pretrained encoder gets a new classification head: expected, not worth a table
+        return AutoModelForSequenceClassification.from_pretrained(name_or_path, **labels, **kwargs)
 
 
 def is_finetuned_classifier(config) -> bool:

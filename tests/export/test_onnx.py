@@ -15,7 +15,7 @@ from distill.export.onnx import (  # noqa: E402
     quantize_onnx_int8,
     synthetic_batches,
 )
-from distill.report import time_forward  # noqa: E402
+from distill.report.timing import time_forward  # noqa: E402
 
 
 def tiny_bert():

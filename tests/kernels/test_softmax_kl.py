@@ -15,7 +15,15 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must happen before the first `import triton`
 
-from distill.kernels import HAS_TRITON, SoftmaxKLLoss, softmax_kl, softmax_kl_reference, triton_interpreted
+from distill.kernels import (
+    HAS_TRITON,
+    SoftmaxKLLoss,
+    softmax_kl,
+    softmax_kl_reference,
+    torch_kl,
+    triton_interpreted,
+    triton_kl,
+)
 
 skl = importlib.import_module(
     "distill.kernels.softmax_kl"
@@ -173,7 +181,7 @@ def _kernel_float_literals() -> list[float]:
     import inspect
     import textwrap
 
-    fn = skl._softmax_kl_fwd_kernel
+    fn = triton_kl._softmax_kl_fwd_kernel
     tree = ast.parse(textwrap.dedent(inspect.getsource(getattr(fn, "fn", fn))))
     return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, float)]
 
@@ -194,8 +202,7 @@ _COMPILE_SCRIPT = """
 import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
-import importlib
-skl = importlib.import_module("distill.kernels.softmax_kl")  # the module (the package attribute is the function)
+from distill.kernels import triton_kl
 
 dtype, vec_stats = sys.argv[1], sys.argv[2] == "1"
 fwd_sig = {"s_ptr": f"*{dtype}", "t_ptr": f"*{dtype}", "grad_ptr": f"*{dtype}", "loss_ptr": "*fp32",
@@ -204,8 +211,8 @@ fwd_sig = {"s_ptr": f"*{dtype}", "t_ptr": f"*{dtype}", "grad_ptr": f"*{dtype}", 
 fwd_const = {"HAS_MASK": True, "WRITE_GRAD": True, "BLOCK": 4096, "VEC_STATS": vec_stats}
 scale_sig = {"g_ptr": f"*{dtype}", "f_ptr": "*fp32", "V": "i32", "g_row_stride": "i64", "f_row_stride": "i64"}
 out = {}
-for name, fn, sig, const in [("fwd", skl._softmax_kl_fwd_kernel, fwd_sig, fwd_const),
-                             ("scale", skl._scale_rows_kernel, scale_sig, {"BLOCK": 4096})]:
+for name, fn, sig, const in [("fwd", triton_kl._softmax_kl_fwd_kernel, fwd_sig, fwd_const),
+                             ("scale", triton_kl._scale_rows_kernel, scale_sig, {"BLOCK": 4096})]:
     src = triton.compiler.ASTSource(fn=fn, signature=sig | dict.fromkeys(const, "constexpr"), constexprs=const)
     try:
         c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
@@ -483,9 +490,29 @@ def test_triton_backend_errors_are_clear(monkeypatch):
         softmax_kl(s, t, backend="triton")
 
 
+def test_imports_and_runs_without_triton():
+    """Triton is optional: with ``import triton`` failing, the package imports and the PyTorch path runs."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['triton'] = None\n"  # a None entry makes `import triton` raise ImportError
+        "import torch\n"
+        "from distill.kernels import HAS_TRITON, softmax_kl, triton_interpreted\n"
+        "from distill.kernels.softmax_kl import SoftmaxKLLoss\n"
+        "assert not HAS_TRITON and not triton_interpreted()\n"
+        "s = torch.randn(3, 17, requires_grad=True)\n"
+        "softmax_kl(s, torch.randn(3, 17), 2.0).backward()\n"
+        "assert torch.isfinite(s.grad).all() and SoftmaxKLLoss()(s, s.detach()).item() == 0.0\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_auto_chunk_rows_bounds_the_working_set():
     for vocab in (2, 1271, 30522, 128256, 262144, 10**8):
-        rows = skl._auto_chunk_rows(vocab)
+        rows = torch_kl._auto_chunk_rows(vocab)
         assert rows >= 1
         assert rows == 1 or rows * vocab * 4 <= 64 * 2**20
 

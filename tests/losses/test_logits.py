@@ -91,6 +91,18 @@ def test_jsd_beta_must_be_open_interval(beta):
         GeneralizedJSD(beta)
 
 
-def test_accept_model_configs():
-    for cls in (ReverseKL, GeneralizedJSD, LogitMSE):
-        cls(student_config=object(), teacher_config=object())
+@pytest.mark.parametrize(
+    "cls, value",
+    [
+        (ReverseKL, 0.14384103622589042),  # the pinned values of test_pinned_values
+        (GeneralizedJSD, 0.033822075568605205),  # default beta = 0.5
+        (LogitMSE, LN3**2 / 2),  # ((0 − ln 3)² + 0²) / 2, no T² by default
+    ],
+)
+def test_model_configs_are_accepted_and_ignored(cls, value):
+    """The pipeline passes ``student_config``/``teacher_config`` to every term; these terms ignore them."""
+    s, t = Out(logits=torch.tensor([[0.0, 0.0]])), Out(logits=torch.tensor([[LN3, 0.0]]))
+    term = cls(student_config=object(), teacher_config=object())
+    assert not list(term.parameters()) and not term.state_dict()  # nothing built from the configs
+    assert term(s, t, BATCH, 1.0).item() == pytest.approx(value, abs=1e-6)
+    assert term(s, t, BATCH, 1.0).item() == cls()(s, t, BATCH, 1.0).item()

@@ -10,10 +10,10 @@ import torch
 
 pytest.importorskip("torchao")
 
-from distill.compression import int8_size_estimate  # noqa: E402
 from distill.errors import DataError  # noqa: E402
 from distill.quant import int8_modules, load_int8, prepare_qat, ptq_dynamic_int8, save_int8  # noqa: E402
-from distill.report import size_on_disk_mb  # noqa: E402
+from distill.quant.size import int8_size_estimate  # noqa: E402
+from distill.report.timing import size_on_disk_mb  # noqa: E402
 
 
 def tiny_bert(seed: int = 0, hidden: int = 32, vocab: int = 120):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -162,20 +163,21 @@ def test_convert_requires_prepared_model():
 def test_multi_phase_recipe_trains_qat_in_its_last_phase_only(make_cfg, tmp_path, monkeypatch):
     """quant=qat_int8 on a two-phase recipe: no fake quant while matching attention, QAT in the prediction
     phase, and the report carries the converted int8 student."""
-    import distill.train as train_mod
+    import distill.phases.fit as phases_mod
     from distill.train import run
 
-    real_build_trainer, seen = train_mod.build_trainer, []
+    real_build_trainer, seen = phases_mod.build_trainer, []
 
     def spy(cfg, output_dir, **kwargs):
         trainer = real_build_trainer(cfg, output_dir, **kwargs)
         seen.append((Path(output_dir).name, any(isinstance(c, QATCallback) for c in trainer.callbacks)))
         return trainer
 
-    monkeypatch.setattr(train_mod, "build_trainer", spy)
-    cfg = make_cfg("experiment=minilm_sst2", "phases.0.max_epochs=1", "phases.1.max_epochs=1",
+    monkeypatch.setattr(phases_mod, "build_trainer", spy)
+    cfg = make_cfg("experiment=minilm_sst2", "phases.attention.max_epochs=1", "phases.prediction.max_epochs=1",
                    "quant=qat_int8", "quant.start_fraction=0.0", "logger=none")
     metrics, _ = run(cfg)
     assert seen == [("1-attention", False), ("2-prediction", True)]
     assert 0.0 <= metrics["student_int8_qat_score"] <= 1.0
-    assert (tmp_path / "run" / "compression.json").is_file()
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert {"student_int8_qat", "student_int8_ptq", "student_onnx_int8"} <= {r["model"] for r in report["models"]}

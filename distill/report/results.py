@@ -1,7 +1,9 @@
 """Collect the results of runs and sweeps: one row per run folder, as a pandas frame, markdown or CSV.
 
 A *run folder* is one that Hydra made for a job: it holds ``.hydra/overrides.yaml`` and, once the run has
-finished, ``report.json`` (and ``compression.json`` for quantized runs). A multirun folder
+finished, ``report.json`` with one row per model (teacher, student and any int8 / ONNX variants; schema in
+:mod:`distill.report.rows`). Quantized runs made before that schema kept their variants in a separate
+``compression.json``; it is still read for them. A multirun folder
 (``outputs/multirun/<time>``) holds one run folder per job (``0/``, ``1/``, ...); a plain run folder or any
 folder above several runs works too.
 
@@ -21,8 +23,8 @@ import pandas as pd
 import yaml
 
 DONE, INCOMPLETE = "done", "failed/unfinished"
-# per-model fields of report.json / compression.json rows that go into the table
-MODEL_FIELDS = ("score", "retention", "parameters", "size_mb", "latency_ms", "throughput_eps",
+# per-model fields of report.json rows that go into the table
+MODEL_FIELDS = ("score", "retention", "parameters", "size_mb", "latency_ms", "latency_p90_ms", "throughput_eps",
                 "compression_size", "speedup_latency")
 # columns of the markdown table after the overrides: (column, header, format)
 TABLE_COLUMNS = [
@@ -88,7 +90,7 @@ def find_run_dirs(root: str | Path) -> list[Path]:
 
 
 def load_run(path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
-    """One run folder: its job name, overrides, status, report, compression report and config."""
+    """One run folder: its job name, overrides, status, report, config (and an older run's compression.json)."""
     path = Path(path)
     root = Path(root) if root is not None else path.parent
     report = _read_json(path / "report.json")
@@ -136,7 +138,9 @@ def run_row(run: dict[str, Any]) -> dict[str, Any]:
         for field in MODEL_FIELDS:
             if entry.get(field) is not None:
                 row[f"{name}_{field}"] = entry[field]
-    # quantized variants from compression.json (teacher / student already come from report.json)
+        if (entry.get("parity") or {}).get("agreement") is not None:
+            row[f"{name}_agreement"] = entry["parity"]["agreement"]
+    # older quantized runs: their variants in compression.json (student_fp32 there is report.json's student)
     for name, entry in _model_rows(run["compression"]).items():
         if name in models or name == "student_fp32":
             continue
@@ -197,8 +201,8 @@ def to_markdown(frame: pd.DataFrame, title: str | None = None,
                 notes: list[str] | None = None, summary: dict[str, Any] | None = None) -> str:
     """A markdown table: job, status, the overrides that vary, then teacher/student scores and size/latency.
 
-    Overrides shared by every run are listed above the table; quantized variants (from compression.json)
-    get their own score / size / latency columns.
+    Overrides shared by every run are listed above the table; every other model row (int8, ONNX variants)
+    gets its own score / size / latency columns.
     """
     lines = [f"# {title}", ""] if title else []
     lines += [*(notes or [])] + ([""] if notes else [])

@@ -1,0 +1,70 @@
+"""distill.report.rows: parameter split (embeddings vs the rest, shared tensors once), rows and ratios."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tiny_bert
+
+from distill.data.tasks import get_task
+from distill.models.student import count_parameters
+from distill.report.entry import ModelEntry
+from distill.report.rows import add_ratios, make_row, parameter_split
+
+
+def test_split_adds_up_on_a_tiny_bert(tmp_path):
+    model, _ = make_tiny_bert(tmp_path, layers=2, hidden=32)
+    split = parameter_split(model)
+    emb = model.bert.embeddings
+    tables = sum(t.weight.numel() for t in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings))
+    assert split["parameters_embeddings"] == tables
+    assert split["parameters_embeddings"] + split["parameters_other"] == split["parameters"] == count_parameters(model)
+    assert split["parameters_other"] > 0
+
+
+def test_tied_embedding_is_counted_once():
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32, tie_word_embeddings=True))
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    split = parameter_split(model)
+    naive = sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
+    # the decoder shares the word table (100 x 16) and its bias (100) with other modules: counted once
+    assert split["parameters"] == naive - 100 * 16 - 100
+    emb = model.bert.embeddings
+    assert split["parameters_embeddings"] == (100 + 512 + 2) * 16 == sum(
+        t.weight.numel() for t in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings))
+    assert split["parameters_embeddings"] + split["parameters_other"] == split["parameters"]
+
+
+def test_int8_embeddings_stay_embeddings(tmp_path):
+    pytest.importorskip("torchao")
+    from distill.quant import ptq_dynamic_int8
+
+    model, _ = make_tiny_bert(tmp_path, layers=1, hidden=32)
+    assert parameter_split(ptq_dynamic_int8(model, embeddings=True)) == parameter_split(model)
+
+
+def test_row_has_the_whole_schema_and_ratios_divide_by_the_teacher(tmp_path):
+    task = get_task("sst2")
+    teacher, _ = make_tiny_bert(tmp_path / "t", layers=2, hidden=32)
+    student, _ = make_tiny_bert(tmp_path / "s", layers=1, hidden=16)
+    rows = [make_row(ModelEntry("teacher", teacher, tmp_path / "t"), task, {"accuracy": 0.8},
+                     {"latency_ms": 4.0, "latency_p90_ms": 5.0, "throughput_eps": 100.0, "threads": 1}, None),
+            make_row(ModelEntry("student", student, tmp_path / "s", notes={"k": 1}), task, {"accuracy": 0.6},
+                     {"latency_ms": 1.0, "latency_p90_ms": 1.5, "throughput_eps": 400.0, "threads": 1}, None),
+            make_row(ModelEntry("other", lambda **_: None, None, format="onnx", precision="int8"), task, {}, None,
+                     None)]
+    add_ratios(rows)
+    t, s, o = rows
+    assert set(t) == set(s) == set(o)
+    assert s["retention"] == pytest.approx(0.6 / 0.8) and s["speedup_latency"] == 4.0
+    assert s["compression_params"] == t["parameters"] / s["parameters"] > 1
+    assert s["compression_size"] == pytest.approx(t["size_mb"] / s["size_mb"])
+    assert (s["runtime"], s["format"], s["notes"], s["metric"], s["score"]) == ("torch", "pytorch", {"k": 1},
+                                                                               "accuracy", 0.6)
+    # a callable without params_of, size or metrics: Nones, never a crash
+    assert (o["runtime"], o["parameters"], o["size_mb"], o["score"], o["retention"]) == (None,) * 5
+    assert add_ratios([dict(s, retention=None)], reference="teacher")[0]["retention"] is None  # no teacher row
