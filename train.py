@@ -9,8 +9,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from distill.errors import DistillError
-from distill.resolvers import register
+from distill.console import setup_console
+
+setup_console()  # before transformers / torchao are imported: their import-time notices are filtered
+
+from distill.errors import DistillError  # noqa: E402
+from distill.resolvers import register  # noqa: E402
 
 register()
 

@@ -42,11 +42,15 @@ def build_trainer(cfg: DictConfig, output_dir: Path, *, with_callbacks: bool = T
                   **overrides: Any) -> L.Trainer:
     """Lightning Trainer from ``cfg.trainer`` with the configured callbacks and loggers and atomic checkpoints.
 
-    ``with_callbacks=False`` builds a bare trainer (no callbacks, no loggers: the teacher fine-tune);
-    ``with_quant=False`` leaves out the ``quant.callback`` (QAT): multi-phase runs train with it in their
+    ``with_callbacks=False`` builds a bare trainer (no loggers, no callbacks but the progress bar: the teacher
+    fine-tune); ``with_quant=False`` leaves out the ``quant.callback`` (QAT): multi-phase runs train with it in their
     final phase only, where the shipped student's weights are settled.
     """
-    callbacks = build_callbacks(cfg, with_quant) if with_callbacks else []
+    if with_callbacks:
+        callbacks = build_callbacks(cfg, with_quant)
+    else:  # progress still shows, in a log file too (distill.console.progress_bar)
+        bar = (cfg.callbacks or {}).get("progress_bar")
+        callbacks = [build(bar, "callbacks.progress_bar")] if bar else []
     loggers = build_loggers(cfg) if with_callbacks else []
     if not loggers:  # LearningRateMonitor refuses to run without a logger (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]

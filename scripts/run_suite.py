@@ -29,30 +29,30 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
     "objectives": [
         ("tiny, CE only", ["student=tiny", "loss=ce"]),
         ("tiny, soft KL + CE", ["student=tiny", "loss=kd"]),
-        ("tiny, TinyBERT recipe (general + 2 phases)", ["experiment=tinybert_sst2", "general.max_samples=20000"]),
-        ("tiny, TinyBERT recipe + augmentation", ["experiment=tinybert_aug_sst2", "general.max_samples=20000"]),
+        ("tiny, TinyBERT recipe (general + 2 phases)", ["experiment=tinybert_sst2", "phases.general.data.max_samples=20000"]),
+        ("tiny, TinyBERT recipe + augmentation", ["experiment=tinybert_aug_sst2", "phases.general.data.max_samples=20000"]),
         # the augmentation recipe takes 1125 task steps (12000 rows x 3 epochs / 32): the baselines at that length
         ("tiny, soft KL + CE, 1125 steps", ["student=tiny", "loss=kd", "trainer.max_epochs=9"]),
         ("tiny, CE only, 1125 steps", ["student=tiny", "loss=ce", "trainer.max_epochs=9"]),
         # a second seed for the comparison that decides the recipe's margin (init, dropout, batch order)
-        ("tiny, TinyBERT recipe + augmentation, seed 1", ["experiment=tinybert_aug_sst2", "general.max_samples=20000", "seed=1"]),
+        ("tiny, TinyBERT recipe + augmentation, seed 1", ["experiment=tinybert_aug_sst2", "phases.general.data.max_samples=20000", "seed=1"]),
         ("tiny, soft KL + CE, 1125 steps, seed 1", ["student=tiny", "loss=kd", "trainer.max_epochs=9", "seed=1"]),
         ("tiny, CE only, 1125 steps, seed 1", ["student=tiny", "loss=ce", "trainer.max_epochs=9", "seed=1"]),
         # TinyBERT's from-scratch embeddings instead of the teacher's projected ones (the default)
         ("tiny, soft KL + CE, random embeddings", ["student=tiny", "loss=kd", "student.init_embeddings=random"]),
         # general distillation on every GLUE training sentence in the data folder (97,617) instead of 20,000;
-        # the seed-1 run starts from that same general student (general.seed=42), as TinyBERT reuses one
+        # the seed-1 run starts from that same general student (phases.general.seed=42), as TinyBERT reuses one
         ("tiny, TinyBERT recipe + augmentation, general on all GLUE sentences",
-         ["experiment=tinybert_aug_sst2", "general.max_samples=null"]),
+         ["experiment=tinybert_aug_sst2", "phases.general.data.max_samples=null"]),
         ("tiny, TinyBERT recipe + augmentation, general on all GLUE sentences, seed 1",
-         ["experiment=tinybert_aug_sst2", "general.max_samples=null", "general.seed=42", "seed=1"]),
+         ["experiment=tinybert_aug_sst2", "phases.general.data.max_samples=null", "phases.general.seed=42", "seed=1"]),
         # a third seed of the deciding comparison (same general student, new teacher / augmentation / student)
         ("tiny, TinyBERT recipe + augmentation, general on all GLUE sentences, seed 2",
-         ["experiment=tinybert_aug_sst2", "general.max_samples=null", "general.seed=42", "seed=2"]),
+         ["experiment=tinybert_aug_sst2", "phases.general.data.max_samples=null", "phases.general.seed=42", "seed=2"]),
         ("tiny, soft KL + CE, 1125 steps, seed 2", ["student=tiny", "loss=kd", "trainer.max_epochs=9", "seed=2"]),
         ("tiny, CE only, 1125 steps, seed 2", ["student=tiny", "loss=ce", "trainer.max_epochs=9", "seed=2"]),
         ("tiny, TinyBERT recipe + augmentation, general on all GLUE sentences, seed 3",
-         ["experiment=tinybert_aug_sst2", "general.max_samples=null", "general.seed=42", "seed=3"]),
+         ["experiment=tinybert_aug_sst2", "phases.general.data.max_samples=null", "phases.general.seed=42", "seed=3"]),
         ("tiny, soft KL + CE, 1125 steps, seed 3", ["student=tiny", "loss=kd", "trainer.max_epochs=9", "seed=3"]),
         ("tiny, CE only, 1125 steps, seed 3", ["student=tiny", "loss=ce", "trainer.max_epochs=9", "seed=3"]),
         # the default length (375 steps) at seeds 1 and 2: is soft KL + CE's edge over CE only more than seed noise?
@@ -70,23 +70,23 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
     ],
     "glue": [
         ("distil, DistilBERT recipe", ["experiment=distilbert_sst2"]),
-        ("tiny, TinyBERT two-stage", ["experiment=tinybert_sst2", "general.max_samples=20000"]),
-        ("tiny, TinyBERT two-stage + augmentation", ["experiment=tinybert_aug_sst2", "general.max_samples=20000"]),
+        ("tiny, TinyBERT two-stage", ["experiment=tinybert_sst2", "phases.general.data.max_samples=20000"]),
+        ("tiny, TinyBERT two-stage + augmentation", ["experiment=tinybert_aug_sst2", "phases.general.data.max_samples=20000"]),
         # the learning-rate probe on SST-2 (docs/benchmarks/lr_probe_tiny.md) found 3e-4 better than the default for tiny
         ("tiny, soft KL + CE, lr 3e-4", ["student=tiny", "loss=kd", "optimizer.lr=3e-4"]),
         # regression (STS-B): MSE to the teacher's score + MSE to the label, longer at the higher lr
         ("tiny, logit MSE + MSE, lr 3e-4, 10 epochs", ["student=tiny", "loss=kd_mse", "optimizer.lr=3e-4",
                                                        "trainer.max_epochs=10"]),
         ("distil, DistilBERT recipe + QAT int8", ["experiment=distilbert_sst2", "quant=qat_int8"]),
-        ("tiny, TinyBERT two-stage + QAT int8", ["experiment=tinybert_sst2", "general.max_samples=20000", "quant=qat_int8"]),
+        ("tiny, TinyBERT two-stage + QAT int8", ["experiment=tinybert_sst2", "phases.general.data.max_samples=20000", "quant=qat_int8"]),
         # the general student distilled once on all GLUE sentences at 1e-4, the task phases at 3e-4
         ("tiny, TinyBERT two-stage, general on all GLUE sentences, task lr 3e-4",
-         ["experiment=tinybert_sst2", "general.max_samples=null", "general.lr=1e-4", "optimizer.lr=3e-4"]),
+         ["experiment=tinybert_sst2", "phases.general.data.max_samples=null", "+phases.general.optimizer.lr=1e-4", "optimizer.lr=3e-4"]),
         # TinyBERT's answer to small task sets: augmentation on top, from the same general student
         ("tiny, TinyBERT two-stage + augmentation, general on all GLUE sentences",
-         ["experiment=tinybert_aug_sst2", "general.max_samples=null", "general.lr=1e-4"]),
+         ["experiment=tinybert_aug_sst2", "phases.general.data.max_samples=null", "+phases.general.optimizer.lr=1e-4"]),
         ("tiny, TinyBERT two-stage + augmentation, general on all GLUE sentences, task lr 3e-4",
-         ["experiment=tinybert_aug_sst2", "general.max_samples=null", "general.lr=1e-4", "optimizer.lr=3e-4"]),
+         ["experiment=tinybert_aug_sst2", "phases.general.data.max_samples=null", "+phases.general.optimizer.lr=1e-4", "optimizer.lr=3e-4"]),
     ],
 }
 

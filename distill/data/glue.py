@@ -127,12 +127,13 @@ class GLUEDataModule(L.LightningDataModule):
         raw = datasets.Dataset.from_dict(self._raw_split(split))
         if limit is not None and limit < len(raw):
             raw = raw.shuffle(seed=self.subset_seed).select(range(limit))
-        tok = self.tokenizer
+        tok, max_length = self.tokenizer, self.max_length
         pair = "text_b" in raw.column_names
 
+        # the closure must not capture self: datasets pickles it for its fingerprint, and self holds the trainer
         def encode(batch: dict[str, list]) -> dict[str, list]:
             args = (batch["text_a"], batch["text_b"]) if pair else (batch["text_a"],)
-            enc = tok(*args, truncation=True, max_length=self.max_length)
+            enc = tok(*args, truncation=True, max_length=max_length)
             enc["labels"] = batch["label"]
             return enc
 

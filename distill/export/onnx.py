@@ -88,7 +88,7 @@ class OnnxClassifier:
     """An onnxruntime session called like a HF model: ``clf(input_ids=..., attention_mask=...)`` → logits (B, C).
 
     Missing declared inputs (``token_type_ids``) are filled with zeros, extra keys (``labels``) are ignored,
-    so it plugs into :func:`distill.report.time_forward` and :func:`distill.compression.evaluate_classifier`.
+    so it plugs into :func:`distill.report.timing.time_forward` and :func:`distill.report.evaluate.evaluate_classifier`.
     ``threads`` sets onnxruntime's intra-op threads (default: ``torch.get_num_threads()``, as the torch rows).
     """
 

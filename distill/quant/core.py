@@ -247,7 +247,7 @@ def convert_qat(model: nn.Module, inplace: bool = False) -> nn.Module:
     """
     _, qat, _ = _ao()
     if not is_qat_prepared(model):
-        raise ConfigError("convert_qat needs a model prepared with prepare_qat (quant.mode=qat); none of its "
+        raise ConfigError("convert_qat needs a model prepared with prepare_qat (quant=qat_int8); none of its "
                           "layers carries fake quantization.")
     model = model if inplace else copy.deepcopy(model)
     linear = {n for n, m in model.named_modules() if isinstance(m, qat.FakeQuantizedLinear)}
