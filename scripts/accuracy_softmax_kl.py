@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     loss = softmax_kl(s1, t, temperature, backend=backend, _tune=tune)
                     (grad,) = torch.autograd.grad(loss, s1)
                     row = {"dtype": dtype_name, "T": temperature, "case": case, "variant": name,
-                           "loss": float(loss), "loss_rel_err": rel(loss, ref), "grad_rel_err": rel(grad, ref_grad)}
+                           "loss": float(loss.detach()), "loss_rel_err": rel(loss, ref), "grad_rel_err": rel(grad, ref_grad)}
                     rows.append(row)
                     print(f"{dtype_name:>5} T={temperature:<6g} {case:>6} {name:>19}  loss {row['loss']:.6e}  "
                           f"loss err {row['loss_rel_err']:.2e}  grad err {row['grad_rel_err']:.2e}", flush=True)

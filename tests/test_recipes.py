@@ -8,9 +8,9 @@ import torch
 from conftest import CONF
 from omegaconf import OmegaConf
 
-from distill.phases import fit as phases_mod
 from distill.errors import ConfigError
 from distill.phases import adopt_previous_run, model_configs, phase_config, phase_objective, plan_phases
+from distill.phases import fit as phases_mod
 from distill.train import run
 
 pytestmark = pytest.mark.usefixtures("single_thread")

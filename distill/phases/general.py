@@ -16,7 +16,15 @@ from distill.config import check_pair
 from distill.console import seed_everything
 from distill.models.teacher import publish_dir
 from distill.phases.fit import DONE, STUDENT, finish, fit_phase
-from distill.phases.plan import MERGED, Phase, check_attention, phase_data, phase_objective, phase_pair, phase_seed
+from distill.phases.plan import (
+    MERGED,
+    Phase,
+    check_attention,
+    phase_data,
+    phase_objective,
+    phase_pair,
+    phase_seed,
+)
 
 log = logging.getLogger("distill")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -87,7 +88,7 @@ def test_write_report_is_atomic(report, tmp_path, monkeypatch):
     moves, real_replace = [], os.replace
 
     def spy(src, dst):
-        assert open(dst, "rb").read() == old[os.path.basename(dst)]  # target untouched so far
+        assert Path(dst).read_bytes() == old[os.path.basename(dst)]  # target untouched so far
         assert os.path.dirname(src) == os.path.dirname(dst) and os.path.getsize(src) > 0
         moves.append(os.path.basename(dst))
         real_replace(src, dst)
