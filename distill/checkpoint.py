@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -32,6 +35,48 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+class RNGState(L.Callback):
+    """Keep the random generators' states in every checkpoint and restore them on resume.
+
+    With the data loader's own state (:class:`torchdata.stateful_dataloader.StatefulDataLoader`), this makes
+    a run killed mid-epoch and resumed draw the same dropout masks and batch orders as one that never
+    stopped. States are stored as tensors and plain lists, so checkpoints still load with
+    ``torch.load(..., weights_only=True)``. A loaded state is applied at the first training batch after the
+    restore, not at load time: Lightning draws from the generators in between (the resumed epoch's data
+    iterator seeds its shuffle), which the uninterrupted run did at the start of the epoch instead.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        version, numbers, gauss = random.getstate()
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {"torch": torch.get_rng_state(), "python": [version, list(numbers), gauss],
+                 "numpy": [name, keys.tolist(), pos, has_gauss, cached]}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
+        if self._pending is not None:
+            self._restore(self._pending)
+            self._pending = None
+
+    @staticmethod
+    def _restore(state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        version, numbers, gauss = state_dict["python"]
+        random.setstate((version, tuple(numbers), gauss))
+        name, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
 def run_signature(run_dir: Path) -> str | None:

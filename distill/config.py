@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -45,13 +46,36 @@ def _positive(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
 
 
+def check_checkpoint(path: Any, key: str = "ckpt_path") -> None:
+    """A checkpoint to resume from must be a complete Lightning checkpoint; one sentence otherwise.
+
+    It is read with ``weights_only=True`` (tensors and plain containers only: no code runs from the file).
+    """
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{key}={path!r} must be null, auto or a checkpoint file.")
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}={path!r} is not a file; give a checkpoint (e.g. <run>/checkpoints/last.ckpt), "
+                          "auto or null.")
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated zip, wrong format, unsafe pickle: all one answer
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{key}={path!r} is not a readable checkpoint ({reason[:120]}); it may be truncated or "
+                          "corrupt: pass another, auto or null.") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+        raise ConfigError(f"{key}={path!r} is not a Lightning checkpoint of a distill run (no state_dict / "
+                          "global_step).")
+
+
 def validate(cfg: DictConfig) -> None:
     """Cheap checks of the top-level keys; deeper checks happen as each object is built (all before any work)."""
     stage = cfg.get("stage")
     if not isinstance(stage, DictConfig) or not stage.get("_target_"):
         raise ConfigError(f"stage={stage!r} is not a stage preset; use stage=teacher, distill, eval or general.")
-    if cfg.ckpt_path not in (None, "auto") and not isinstance(cfg.ckpt_path, str):
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path!r} must be null, auto or a checkpoint file.")
+    if cfg.ckpt_path not in (None, "auto"):
+        check_checkpoint(cfg.ckpt_path)
     if cfg.eval.split not in ("train", "dev"):
         raise ConfigError(f"eval.split={cfg.eval.split!r} is not allowed; use train or dev.")
     lr = (cfg.get("optimizer") or {}).get("lr")

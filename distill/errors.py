@@ -11,3 +11,7 @@ class ConfigError(DistillError):
 
 class DataError(DistillError):
     """A missing or malformed data folder, file or row."""
+
+
+class TrainingError(DistillError):
+    """Training cannot go on (a non-finite loss): the step and the cause in one sentence."""

@@ -11,6 +11,7 @@ import torch
 from transformers import PreTrainedModel
 
 from distill.data.tasks import TaskSpec
+from distill.errors import TrainingError
 from distill.losses import DistillationObjective, HardLabelLoss
 from distill.metrics import build_metrics, predictions
 
@@ -73,10 +74,22 @@ class TaskModule(L.LightningModule):
         teacher_out = self.teacher_forward(batch)
         student_out = self.student_forward(batch)
         loss, parts = self.objective(student_out, teacher_out, batch, self.global_step, self._total_steps())
+        if not bool(torch.isfinite(loss)):  # one host sync per step: cheap beside a transformer's forward
+            self._stop_on_non_finite(loss, parts)
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "loss"}, batch_size=bs)
         return loss
+
+    def _stop_on_non_finite(self, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        """Stop the fit with one sentence naming the step and the term; checkpoints already written stay."""
+        bad = [name for name, value in parts.items()
+               if name != "loss" and not bool(torch.isfinite(torch.as_tensor(value)).all())]
+        terms = ", ".join(f"{name} = {float(torch.as_tensor(parts[name]).detach()):g}" for name in bad) or "the weighted sum"
+        raise TrainingError(
+            f"the training loss became {float(loss.detach()):g} at step {self.global_step} ({terms}); the run stopped and "
+            "its last checkpoint is kept: lower optimizer.lr, check the loss weights and temperature, or the data."
+        )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self.student(**self._inputs(batch)).logits  # (B, C)
@@ -95,7 +108,18 @@ class TaskModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self._total_steps())
+        self._forget_early_train_loader()
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _forget_early_train_loader(self) -> None:
+        """On resume: counting the steps made Lightning build the training loader (and start its epoch) before
+        the checkpoint is restored, so the loader's saved position would never be applied; dropping it makes
+        Lightning build it again after the restore (Lightning 2.6's ``FitLoop.setup_data``). A fresh fit keeps
+        it, so its batches are exactly those of earlier versions."""
+        trainer = self._trainer
+        fit_loop = getattr(trainer, "fit_loop", None) if trainer is not None else None
+        if fit_loop is not None and trainer.ckpt_path and getattr(fit_loop, "_combined_loader", None) is not None:
+            fit_loop._combined_loader = None
 
 
 class DistillationModule(TaskModule):

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from distill.data.sampling import train_loader
 from distill.data.tasks import HUB_TEXT_COLUMNS, TaskSpec, get_task
 from distill.data.tsv import read_glue_tsv, task_file
 from distill.errors import ConfigError
@@ -55,8 +56,8 @@ class GLUEDataModule(L.LightningDataModule):
         if source not in SOURCES:
             raise ConfigError(f"data.source={source!r} is not allowed; use one of {', '.join(SOURCES)}.")
         for key, value in (("data.max_train_samples", max_train_samples), ("data.max_eval_samples", max_eval_samples)):
-            if value is not None and value < 1:
-                raise ConfigError(f"{key}={value} must be a positive number of examples or null for all.")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{key}={value!r} must be a positive number of examples or null for all.")
         if max_length < 8:
             raise ConfigError(f"data.max_length={max_length} must be at least 8 tokens.")
         self.data_dir = data_dir
@@ -156,8 +157,8 @@ class GLUEDataModule(L.LightningDataModule):
         return batch
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle,
-                          collate_fn=self._collate, num_workers=self.num_workers)
+        # resumable: a run killed in the middle of an epoch resumes with the very batches it would have seen next
+        return train_loader(self.datasets[split], batch_size, self._collate, self.num_workers, shuffle=shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size)

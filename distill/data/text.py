@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from distill.data.masking import mask_batch
+from distill.data.sampling import train_loader
 from distill.data.tasks import TASKS
 from distill.data.tsv import read_glue_tsv
 from distill.errors import ConfigError, DataError
@@ -101,4 +102,4 @@ class TextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, collate_fn=self._collate)
+        return train_loader(self.dataset, self.batch_size, self._collate)
