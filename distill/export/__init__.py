@@ -7,6 +7,13 @@
     export/onnx/model.onnx               fp32 ONNX, dynamic batch/sequence axes
     export/onnx/model.int8.onnx          onnxruntime dynamic int8
     export/onnx/parity.json              ONNX vs PyTorch on random padded batches
+    export/executorch/model-{fp32,int8}.pte      ExecuTorch (XNNPACK) + manifest .json + tokenizer
+    export/litert/model-{fp32,int8}.tflite       LiteRT, fixed batch 1 x seq_len + manifest + tokenizer
+    export/coreml/model-{fp16,int8}.mlpackage    Core ML ML program + manifest + tokenizer
+
+The edge formats (executorch, litert, coreml) are also run in their runtimes over the task's dev set and
+added as rows of the run's report (:mod:`distill.export.run_report`); an artifact that fails its parity
+threshold is kept, marked failed, and :class:`~distill.export.edge.ParityFailed` is raised at the end.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ from pathlib import Path
 
 from distill.errors import ConfigError, DataError
 
-FORMATS = ("hf", "int8", "onnx")
+FORMATS = ("hf", "int8", "onnx", "executorch", "litert", "coreml")
+EDGE_FORMATS = ("executorch", "litert", "coreml")
+DEFAULT_FORMATS = ("hf", "int8", "onnx")  # edge formats are asked for by name (each runs over the dev set)
 
 
 def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
@@ -43,12 +52,13 @@ def resolve_student_dir(path: str | Path) -> Path:
                     "with weights in the folder itself.")
 
 
-def export(path: str | Path, formats: str | Iterable[str] = FORMATS, out_dir: str | Path | None = None,
-           embeddings: bool = False) -> dict[str, str]:
+def export(path: str | Path, formats: str | Iterable[str] = DEFAULT_FORMATS, out_dir: str | Path | None = None,
+           embeddings: bool = False, task: str | None = None, data_dir: str | None = None) -> dict[str, str]:
     """Export the student of a run folder (or a student folder) in each format; return ``{name: path}``.
 
     ``out_dir`` defaults to ``<run>/export`` (or ``<student>/export`` for a bare student folder).
-    ``embeddings`` also quantizes the embedding tables in the int8 formats.
+    ``embeddings`` also quantizes the embedding tables in the int8 formats (the edge int8 formats always do).
+    ``task`` / ``data_dir``: the dev data for the edge formats' checks when ``path`` has no run config.
     """
     formats = parse_formats(formats)
     student_dir = resolve_student_dir(path)
@@ -78,7 +88,25 @@ def export(path: str | Path, formats: str | Iterable[str] = FORMATS, out_dir: st
         if tokenizer is not None:
             tokenizer.save_pretrained(out / "onnx")
         written.update({"onnx": str(fp32), "onnx-int8": str(int8)})
+    edge = tuple(f for f in formats if f in EDGE_FORMATS)
+    if edge:
+        written.update(_export_edge(student_dir, edge, out, model, tokenizer, task, data_dir))
     return written
 
 
-__all__ = ["FORMATS", "export", "parse_formats", "resolve_student_dir"]
+def _export_edge(student_dir: Path, formats: tuple[str, ...], out: Path, model, tokenizer,
+                 task: str | None, data_dir: str | None) -> dict[str, str]:
+    from distill.export.edge import ParityFailed
+    from distill.export.run_report import export_edge
+
+    result = export_edge(student_dir, formats, out, model, tokenizer, task, data_dir)
+    written = result["written"]
+    if result["failed"]:
+        names = ", ".join(f"{r['model']} (max |Δlogit| {r['parity']['max_abs_logit_diff']:.2e}, agreement "
+                          f"{r['parity']['agreement']:.2%})" for r in result["failed"])
+        raise ParityFailed(f"{names} failed the parity threshold against the PyTorch student; the artifacts are "
+                           "kept and marked failed in their manifests and the report.", written)
+    return written
+
+
+__all__ = ["DEFAULT_FORMATS", "EDGE_FORMATS", "FORMATS", "export", "parse_formats", "resolve_student_dir"]

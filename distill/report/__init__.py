@@ -52,7 +52,7 @@ def _vocab_size(entry: ModelEntry) -> int:
 
 
 def _speed(entry: ModelEntry, settings: ReportSettings) -> dict[str, Any] | None:
-    if not settings.measure_speed:
+    if not settings.measure_speed or entry.model is None:
         return None
     return measure_speed(entry.model, _vocab_size(entry), settings.seq_len, settings.latency_runs,
                          settings.throughput_batch, settings.throughput_runs)
@@ -70,7 +70,8 @@ def build_report(
 
     ``dataloader`` yields GLUE batches (dicts of (B, T) int64 inputs and ``labels`` (B,)); it is read once
     and every model sees the same batches. An entry with ``metrics`` is not evaluated (nor compared, unless
-    it is the ``parity_reference``). ``reference`` is the row the ratios divide by.
+    it is the ``parity_reference``); one with ``model=None`` (an artifact that cannot run here, e.g. Core ML
+    off macOS) is neither evaluated nor timed. ``reference`` is the row the ratios divide by.
     """
     settings = settings or ReportSettings()
     names = [e.name for e in entries]
@@ -79,7 +80,7 @@ def build_report(
     batches = list(dataloader) if dataloader is not None else []
     labels = labels_of(batches)
     logits = {e.name: run_model(e.model, batches) for e in entries
-              if batches and (e.metrics is None or e.name == parity_reference)}
+              if batches and e.model is not None and (e.metrics is None or e.name == parity_reference)}
     ref_logits = logits.get(parity_reference)
     rows = []
     for entry in entries:

@@ -23,6 +23,7 @@ class ModelEntry:
     ``.logits`` (e.g. ``distill.export.onnx.OnnxClassifier``). ``path`` is where its weights lie on disk
     (for the size column; ``None``: not saved). ``params_of`` is the module whose parameters are counted
     when ``model`` is not an ``nn.Module``. ``metrics`` given: evaluation is skipped and these are reported.
+    ``model=None``: a row of size and notes only (the artifact cannot run on this machine).
     """
 
     name: str

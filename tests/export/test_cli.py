@@ -34,7 +34,8 @@ def saved_student(run: Path) -> Path:
 def test_cli_unknown_format_lists_allowed_ones(tmp_path):
     proc = run_cli(str(tmp_path), "--formats", "hf,tflite")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown export format 'tflite'; allowed formats: hf, int8, onnx."
+    assert proc.stderr.strip() == ("error: unknown export format 'tflite'; allowed formats: hf, int8, onnx, executorch, "
+                                   "litert, coreml.")
 
 
 def test_cli_missing_directory(tmp_path):
