@@ -8,6 +8,8 @@ plain ``transformers``. Config presets in ``conf/student/`` pick a builder throu
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
@@ -34,6 +36,7 @@ def bert_student(
     intermediate_size: int,
     attn_implementation: str | None = None,
     init_embeddings: str = "random",
+    prune: Any = None,
 ) -> PreTrainedModel:
     """A student of the teacher's architecture family with a new geometry.
 
@@ -42,7 +45,14 @@ def bert_student(
     ``init_embeddings``: ``random`` (TinyBERT: everything from scratch) or ``teacher_pca``: the word,
     position and token-type tables are the teacher's, projected onto the top ``hidden_size`` principal
     directions of its word-embedding matrix (see :func:`init_embeddings_from_teacher`); layers stay random.
+    ``prune`` set (a :class:`distill.prune.cut.CutSettings`, e.g. ``+prune@student.prune=cut``): every weight
+    is cut from the teacher instead, by :func:`pruned_student`; ``init_embeddings`` is then not used.
     """
+    if prune is not None:
+        from distill.prune.cut import as_cut_settings
+
+        return pruned_student(teacher, num_hidden_layers, hidden_size, num_attention_heads, intermediate_size,
+                              attn_implementation, cut=as_cut_settings(prune, "student.prune"))
     if hidden_size % num_attention_heads:
         raise ConfigError(
             f"student.hidden_size={hidden_size} must be divisible by student.num_attention_heads={num_attention_heads}."
@@ -128,6 +138,50 @@ def distil_student(
     if missing:
         raise ConfigError(f"distil student could not be initialised from the teacher; missing weights {missing[:3]}.")
     return student
+
+
+def pruned_student(
+    teacher: PreTrainedModel,
+    num_hidden_layers: int | None = None,
+    hidden_size: int | None = None,
+    num_attention_heads: int | None = None,
+    intermediate_size: int | None = None,
+    attn_implementation: str | None = None,
+    cut: Any = None,
+    calibration: Iterable[Mapping[str, torch.Tensor]] | None = None,
+) -> PreTrainedModel:
+    """A student cut from the teacher's own weights (Minitron-style structured pruning).
+
+    Geometry keys left ``None`` keep the teacher's value. ``cut`` (:class:`distill.prune.cut.CutSettings`
+    or a mapping of its fields; ``conf/prune/cut.yaml``) says how units are ranked — ``importance``:
+    ``activation`` (forward-hook statistics) or ``taylor`` (first-order gradient scores, needs labels) —
+    which layers survive (``layers``: ``importance`` or ``stride``), and on how many calibration batches:
+    ``calibration`` (any iterable of tokenized batches, e.g. a data module's train loader) or else drawn
+    from the task's training set described by ``cut.calibration_data`` (``GLUEDataModule`` arguments,
+    tokenized with the teacher's tokenizer). See :mod:`distill.prune.cut` for what is kept and how heads are
+    shortened or merged.
+    """
+    from distill.prune import cut_model, estimate_importance, resolve_geometry
+    from distill.prune.calibration import take_batches, task_batches
+    from distill.prune.cut import as_cut_settings
+
+    cut = as_cut_settings(cut)
+    cut.check()
+    geometry = resolve_geometry(teacher.config, num_hidden_layers=num_hidden_layers, hidden_size=hidden_size,
+                                num_attention_heads=num_attention_heads, intermediate_size=intermediate_size)
+    if calibration is not None:
+        batches = take_batches(calibration, cut.calibration_batches)
+    elif cut.calibration_data is not None:
+        data = cut.calibration_data
+        tokenizer = data.get("tokenizer") or getattr(teacher, "name_or_path", None)
+        batches = task_batches({k: v for k, v in data.items() if k != "tokenizer"}, tokenizer,
+                               cut.calibration_batches, cut.calibration_seed)
+    else:
+        raise ConfigError(f"{cut.key}.calibration_data is not set; the pruned student needs the task's data "
+                          "(conf/prune/cut.yaml sets it from data.*).")
+    scores = estimate_importance(teacher, batches, cut.importance)
+    student = cut_model(teacher, geometry, scores, layers=cut.layers, attn_implementation=attn_implementation)
+    return student.train()
 
 
 def pretrained_student(
