@@ -157,6 +157,14 @@ class HookedTerm(nn.Module):
         self.detach()
         s_depth = len(self_attention_modules(student_model))
         t_depth = len(self_attention_modules(teacher_model))
+        for side, model, depth in (("student", student_model, s_depth), ("teacher", teacher_model, t_depth)):
+            layers = getattr(getattr(model, "config", None), "num_hidden_layers", depth)
+            if depth < layers:  # hooks see modules, not calls: one shared block would look like one layer
+                raise ConfigError(
+                    f"{type(self).__name__} reads each layer's attention through hooks, but the {side} runs one shared "
+                    f"attention block for its {layers} layers (ALBERT's cross-layer sharing); use "
+                    f"{side}.share_layers=false, or hidden-state terms only."
+                )
         s_layers, t_layers = self._layers(s_depth, t_depth)
         name = type(self).__name__
         self._captures = {
