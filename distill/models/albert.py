@@ -31,12 +31,13 @@ def albert_student(
     intermediate_size: int = 1200,
     share_layers: bool = True,
     init_embeddings: str = "random",
-    attn_implementation: str | None = None,
 ) -> AlbertForSequenceClassification:
     """An ALBERT student of the given geometry over ``teacher``'s vocabulary (see the module docstring).
 
     ``init_embeddings``: ``random`` or ``teacher_pca`` (the teacher's word / position / token-type tables
-    projected onto their top ``embedding_size`` principal directions, as for ``bert_student``).
+    projected onto their top ``embedding_size`` principal directions, as for ``bert_student``). The attention
+    implementation is transformers' default; phases whose losses read attention probabilities switch it to
+    eager (``distill.phases.fit.fit_phase``).
     """
     for key, value in (("embedding_size", embedding_size), ("hidden_size", hidden_size),
                        ("num_hidden_layers", num_hidden_layers), ("num_attention_heads", num_attention_heads),
@@ -65,8 +66,6 @@ def albert_student(
         num_hidden_groups=1 if share_layers else num_hidden_layers,
         inner_group_num=1,
     )
-    if attn_implementation:
-        config._attn_implementation = attn_implementation
     student = AlbertForSequenceClassification(config)
     if init_embeddings == "teacher_pca":
         init_embeddings_from_teacher(student, teacher)
