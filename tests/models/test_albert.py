@@ -79,9 +79,7 @@ def test_hidden_state_and_attention_losses_train_the_student(loss, share_layers)
     student = _student(teacher, share_layers)
     student.set_attn_implementation("eager")  # as fit_phase does for losses that read attention probabilities
     objective = _objective(loss, student, teacher)
-    for term in objective.terms.values():
-        if hasattr(term, "attach"):
-            term.attach(student, teacher)
+    objective.attach(student, teacher)  # what DistillationModule does when it is built
     need = objective.requires
     flags = {"output_hidden_states": "hidden_states" in need, "output_attentions": "attentions" in need}
     inputs = {k: BATCH[k] for k in ("input_ids", "attention_mask")}
