@@ -14,6 +14,23 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
+def replace_atomically(path: str | Path, write: Any) -> Path:
+    """Call ``write(tmp_path)`` then move the temporary file onto ``path`` (readers never see half a file).
+
+    The temporary file sits beside ``path`` (same file system, so ``os.replace`` is atomic on POSIX) and is
+    removed if writing fails. Used for phase results, reports and charts; Lightning checkpoints go through
+    :class:`AtomicCheckpointIO`.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when writing failed
+    return path
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O, but a file appears only when complete.
 

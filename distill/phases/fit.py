@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from distill.blocks import build_trainer
-from distill.checkpoint import find_resume_checkpoint, run_signature
+from distill.checkpoint import find_resume_checkpoint, replace_atomically, run_signature
 from distill.config import build
 from distill.data.tasks import get_task
 from distill.module import DistillationModule
@@ -58,14 +57,7 @@ def finish(phase: Phase, trainer, write_result) -> None:
     loss = trainer.callback_metrics.get("train/loss")
     info = {"name": phase.name, "global_step": trainer.global_step, "epochs": trainer.current_epoch,
             "train_loss": None if loss is None else float(loss)}
-    write_atomic(phase.out_dir / DONE, lambda fh: fh.write(json.dumps(info, indent=2).encode()))
-
-
-def write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-    os.replace(tmp, path)
+    replace_atomically(phase.out_dir / DONE, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
 
 
 def fit_task_phases(phases: list[Phase], student, teacher, dm, output_dir: Path) -> None:
@@ -85,7 +77,7 @@ def fit_task_phases(phases: list[Phase], student, teacher, dm, output_dir: Path)
             log.info("%s already finished; skipped (weights from %s)", phase.label, phase.out_dir / STATE)
             continue
         trainer = fit_phase(phase, objective, student, teacher, dm)
-        finish(phase, trainer, lambda d: write_atomic(d / STATE, lambda fh: torch.save(student.state_dict(), fh)))
+        finish(phase, trainer, lambda d: replace_atomically(d / STATE, lambda tmp: torch.save(student.state_dict(), tmp)))
 
 
 def adopt_previous_run(cfg: DictConfig, output_dir: Path) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from distill.checkpoint import replace_atomically
 
 
 def columns(report: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -89,18 +90,6 @@ def to_markdown(report: dict[str, Any]) -> str:
     if parity:
         lines += ["", parity]
     return "\n".join(lines) + "\n"
-
-
-def replace_atomically(path: str | Path, write: Any) -> Path:
-    """Call ``write(tmp_path)`` then move the temporary file onto ``path`` (readers never see half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left when writing failed
-    return path
 
 
 def write_json(path: str | Path, data: Any) -> Path:

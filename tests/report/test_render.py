@@ -81,6 +81,7 @@ def test_write_report_is_atomic(report, tmp_path, monkeypatch):
     """Each file is written whole next to its target, then moved onto it: the old one stays readable until then."""
     import os
 
+    import distill.checkpoint as atomic
     import distill.report.render as render
 
     write_report(tmp_path, report)
@@ -93,7 +94,7 @@ def test_write_report_is_atomic(report, tmp_path, monkeypatch):
         moves.append(os.path.basename(dst))
         real_replace(src, dst)
 
-    monkeypatch.setattr(render.os, "replace", spy)
+    monkeypatch.setattr(atomic.os, "replace", spy)
     write_report(tmp_path, dict(report, task="cola"))
     assert sorted(moves) == ["report.json", "report.md", "report.png"]
     assert json.loads((tmp_path / "report.json").read_text())["task"] == "cola"
