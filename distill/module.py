@@ -125,7 +125,8 @@ class TaskModule(L.LightningModule):
 class DistillationModule(TaskModule):
     """Distils a frozen ``teacher`` into ``student`` with ``objective``.
 
-    The teacher is frozen, kept in eval mode and run under ``torch.no_grad()``; its weights are not
+    The teacher is frozen, kept in eval mode and run under ``torch.no_grad()`` (or its outputs are read from
+    ``teacher_outputs``, a teacher-output cache); its weights are not
     written into checkpoints (the run config says how to rebuild it), so a checkpoint holds the
     student, the objective's learnable parts (e.g. projections) and the optimizer state only.
     """
@@ -133,6 +134,9 @@ class DistillationModule(TaskModule):
     def __init__(self, student: PreTrainedModel, teacher: PreTrainedModel, task: TaskSpec, **kwargs: Any) -> None:
         super().__init__(student, task, **kwargs)
         self.teacher = teacher
+        # distill.teacher_cache.TeacherOutputs: training batches (with their ``idx``) read the teacher's outputs
+        # from it instead of running the teacher; None: the teacher runs on every batch
+        self.teacher_outputs = None
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self.objective.attach(self.student, self.teacher)
@@ -150,6 +154,8 @@ class DistillationModule(TaskModule):
     def teacher_forward(self, batch: dict[str, torch.Tensor]):
         if not self.objective.needs_teacher:
             return None
+        if self.teacher_outputs is not None and "idx" in batch:
+            return self.teacher_outputs.replay(batch)
         need = self.objective.requires
         return self.teacher(
             **self._inputs(batch),

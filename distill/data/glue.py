@@ -34,6 +34,9 @@ class GLUEDataModule(L.LightningDataModule):
             uses ``data_dir`` when it is set, the hub otherwise.
         tokenizer: name or path of the (teacher's) tokenizer; usually set by the pipeline.
         max_train_samples / max_eval_samples: cap on examples (a seeded random subset), ``None`` for all.
+        sampler: factory ``sampler(dataset, batch_size=...)`` of the training order (``data/sampler`` presets:
+            torch's shuffle, or length-grouped batches); ``None``: torch's shuffle.
+        num_workers / pin_memory: data-loader worker processes (kept alive across epochs) and pinned memory.
     """
 
     def __init__(
@@ -50,6 +53,8 @@ class GLUEDataModule(L.LightningDataModule):
         subset_seed: int = 0,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        sampler: Any = None,
+        pin_memory: bool = False,
     ) -> None:
         super().__init__()
         self.spec: TaskSpec = get_task(task)
@@ -58,6 +63,12 @@ class GLUEDataModule(L.LightningDataModule):
         for key, value in (("data.max_train_samples", max_train_samples), ("data.max_eval_samples", max_eval_samples)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key}={value!r} must be a positive number of examples or null for all.")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers!r} must be a whole number >= 0 (0: load in the main process).")
+        if not isinstance(pin_memory, bool):
+            raise ConfigError(f"data.pin_memory={pin_memory!r} must be true or false.")
+        if sampler is not None and not callable(sampler):
+            raise ConfigError(f"data.sampler must be a sampler preset (data/sampler=random or length_grouped); got {sampler!r}.")
         if max_length < 8:
             raise ConfigError(f"data.max_length={max_length} must be at least 8 tokens.")
         self.data_dir = data_dir
@@ -70,6 +81,7 @@ class GLUEDataModule(L.LightningDataModule):
         self.max_eval_samples = max_eval_samples
         self.subset_seed = subset_seed
         self.num_workers = num_workers
+        self.sampler, self.pin_memory = sampler, pin_memory
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.datasets: dict[str, Any] = {}
@@ -150,6 +162,29 @@ class GLUEDataModule(L.LightningDataModule):
         if "dev" not in self.datasets:
             self.datasets["dev"] = self.load_split("dev", self.max_eval_samples)
 
+    # ---- the training set as the teacher-output cache sees it (distill/teacher_cache.py) -------
+    def train_set(self):
+        """The (tokenized, possibly augmented) training set, in its stored order."""
+        self.setup("fit")
+        return self.datasets["train"]
+
+    def index_train_set(self) -> None:
+        """Give every training row its position (``idx``): batches then name the cached teacher outputs."""
+        ds = self.train_set()
+        if "idx" not in ds.column_names:
+            self.datasets["train"] = ds.add_column("idx", list(range(len(ds))))
+            self.datasets["train"].set_format("torch")
+
+    def collate(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return self._collate(features)
+
+    def sampler_key(self) -> str | None:
+        """The training order, for cache keys of things trained on it; None for torch's shuffle (the default)."""
+        target = getattr(getattr(self.sampler, "func", self.sampler), "__name__", None)
+        if self.sampler is None or target == "TorchOrderRandomSampler":
+            return None
+        return f"{target}{sorted(getattr(self.sampler, 'keywords', {}).items())}"
+
     # ---- loaders -------------------------------------------------------------------------------
     def _collate(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         batch = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")(features)
@@ -158,7 +193,8 @@ class GLUEDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         # resumable: a run killed in the middle of an epoch resumes with the very batches it would have seen next
-        return train_loader(self.datasets[split], batch_size, self._collate, self.num_workers, shuffle=shuffle)
+        return train_loader(self.datasets[split], batch_size, self._collate, self.num_workers, shuffle=shuffle,
+                            sampler=self.sampler, pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size)

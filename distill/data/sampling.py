@@ -5,6 +5,11 @@ its state in every checkpoint and restores it on resume) whose sampler draws eac
 exactly as ``torch.utils.data.RandomSampler`` does — a seed from the global generator at the start of the
 epoch, then ``randperm`` — so a fresh run sees the same batches as with a plain ``DataLoader(shuffle=True)``,
 and a resumed run the same batches as one that never stopped.
+
+:class:`LengthGroupedSampler` (``data/sampler=length_grouped``) reorders that same permutation so that each
+batch holds examples of similar length (less padding, so fewer FLOPs per example): the shuffled examples are
+cut into groups of ``group_batches`` batches, each group is sorted by length and cut into batches, and the
+batches of a group are shuffled. Each epoch's order follows from the epoch's seed alone, so it resumes too.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sized
 
 import torch
+from torch.utils.data import Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler, _StatefulRandomSamplerIterator
+
+from distill.errors import ConfigError
 
 
 class _EpochIterator(_StatefulRandomSamplerIterator):
@@ -45,18 +53,69 @@ class _EpochIterator(_StatefulRandomSamplerIterator):
 
 
 class TorchOrderRandomSampler(RandomSampler):
-    """torchdata's stateful random sampler, drawing each epoch's order exactly as torch's RandomSampler does."""
+    """torchdata's stateful random sampler, drawing each epoch's order exactly as torch's RandomSampler does.
 
-    def __init__(self, data_source: Sized) -> None:
+    ``batch_size`` is accepted (and unused) so that every training sampler is built the same way.
+    """
+
+    def __init__(self, data_source: Sized, batch_size: int | None = None) -> None:
         super().__init__(data_source, generator=torch.Generator())  # an explicit generator: no draw at init
 
     def __iter__(self) -> Iterator[int]:
         return _EpochIterator(self)
 
 
+def example_lengths(data_source: Sized) -> list[int]:
+    """Token count of each example: the ``input_ids`` column of a ``datasets.Dataset`` (read without
+    building tensors), or ``len(example["input_ids"])`` of any indexable sequence of feature dicts."""
+    if hasattr(data_source, "with_format"):
+        return [len(ids) for ids in data_source.with_format(None)["input_ids"]]
+    return [len(data_source[i]["input_ids"]) for i in range(len(data_source))]
+
+
+class _GroupedEpochIterator(_EpochIterator):
+    def _get_perm(self) -> list[int]:
+        return self.sampler.group(super()._get_perm())
+
+
+class LengthGroupedSampler(TorchOrderRandomSampler):
+    """Batches of similar length, shuffled in groups (the megabatch scheme of Hugging Face's Trainer).
+
+    Each epoch takes torch's shuffled order, cuts it into groups of ``group_batches`` × ``batch_size``
+    examples, sorts each group by length (longest first) and cuts it into batches, then shuffles the order
+    of the batches within the group with the epoch's generator. Every example is seen once per epoch; larger
+    groups mean less padding and less randomness in which examples share a batch.
+    """
+
+    def __init__(self, data_source: Sized, batch_size: int, group_batches: int = 50) -> None:
+        super().__init__(data_source)
+        if isinstance(group_batches, bool) or not isinstance(group_batches, int) or group_batches < 1:
+            raise ConfigError(f"data.sampler.group_batches={group_batches!r} must be a whole number >= 1.")
+        self.batch_size, self.group_batches = int(batch_size), group_batches
+        self.lengths = example_lengths(data_source)
+
+    def group(self, perm: list[int]) -> list[int]:
+        """``perm`` reordered into length-sorted batches, batch order shuffled within each group."""
+        size = self.batch_size * self.group_batches
+        out: list[int] = []
+        for start in range(0, len(perm), size):
+            chunk = sorted(perm[start:start + size], key=lambda i: -self.lengths[i])  # stable: ties keep perm order
+            batches = [chunk[b:b + self.batch_size] for b in range(0, len(chunk), self.batch_size)]
+            order = torch.randperm(len(batches), generator=self.generator).tolist()
+            out.extend(i for b in order for i in batches[b])
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        return _GroupedEpochIterator(self)
+
+
 def train_loader(dataset: Sized, batch_size: int, collate_fn: Callable, num_workers: int = 0,
-                 shuffle: bool = True) -> StatefulDataLoader:
-    """A resumable loader over ``dataset``: shuffled in torch's order when ``shuffle``, in order otherwise."""
-    sampler = TorchOrderRandomSampler(dataset) if shuffle else None
-    return StatefulDataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
-                              num_workers=num_workers)
+                 shuffle: bool = True, sampler: Callable[..., Sampler] | None = None,
+                 pin_memory: bool = False) -> StatefulDataLoader:
+    """A resumable loader over ``dataset``: with ``shuffle``, in the order of ``sampler(dataset, batch_size=...)``
+    (default: torch's shuffle, :class:`TorchOrderRandomSampler`); in dataset order otherwise."""
+    factory = sampler if sampler is not None else TorchOrderRandomSampler
+    order = factory(dataset, batch_size=batch_size) if shuffle else None
+    return StatefulDataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=collate_fn,
+                              num_workers=num_workers, pin_memory=pin_memory,
+                              persistent_workers=num_workers > 0)

@@ -96,6 +96,23 @@ class TextDataModule(L.LightningDataModule):
             enc = self.tokenizer(self.texts, truncation=True, max_length=self.max_length)
             self.dataset = [{k: enc[k][i] for k in enc} for i in range(len(self.texts))]
 
+    def train_set(self) -> list[dict[str, list[int]]]:
+        self.setup()
+        return self.dataset
+
+    def index_train_set(self) -> None:
+        """Give every text its position (``idx``): batches then name the cached teacher outputs."""
+        self.dataset = [{**row, "idx": i} for i, row in enumerate(self.train_set())]
+
+    def collate(self, features: list[dict[str, list[int]]]):
+        return self._collate(features)
+
+    def teacher_output_refusal(self) -> str | None:
+        """Why the teacher's outputs on this data cannot be cached (masks drawn afresh every epoch), or None."""
+        if self.mask_prob:
+            return "tokens are masked afresh every epoch (data.mask_prob), so the teacher's outputs change"
+        return None
+
     def _collate(self, features: list[dict[str, list[int]]]):
         batch = dict(DataCollatorWithPadding(self.tokenizer, return_tensors="pt")(features))
         return mask_batch(batch, self.tokenizer, self.mask_prob) if self.mask_prob else batch

@@ -95,6 +95,10 @@ class _AttentionTerm(HookedTerm):
         """(student, teacher) 1-based layer pairs; layer 0 (embeddings) has no attention."""
         return self.layer_map.resolve(student_layers, teacher_layers, min_layer=1)
 
+    def teacher_layers(self, student_layers: int, teacher_layers: int) -> list[int]:
+        """The teacher's 1-based attention layers this term reads (what a teacher-output cache must hold)."""
+        return sorted({lt for _, lt in self.pairs(student_layers, teacher_layers)})
+
     def attach(self, student_model: nn.Module, teacher_model: nn.Module) -> None:
         if self.hooked:
             super().attach(student_model, teacher_model)

@@ -81,6 +81,7 @@ class ProjectionCapture:
         self.outputs: dict[tuple[int, str], torch.Tensor] = {}
         self.heads: dict[int, int] = {}
         self.scaling: dict[int, float] = {}
+        self.widths: dict[tuple[int, str], int] = {}
         self.depth = len(blocks)
         self._handles = []
         for layer in sorted(set(layers)):
@@ -91,6 +92,7 @@ class ProjectionCapture:
             head_dim = _projection(block, "query").out_features // self.heads[layer]
             self.scaling[layer] = float(getattr(block, "scaling", head_dim**-0.5))
             for name in names:
+                self.widths[(layer, name)] = _projection(block, name).out_features
                 hook = self._hook(layer, name)
                 self._handles.append(_projection(block, name).register_forward_hook(hook))
 
@@ -102,6 +104,14 @@ class ProjectionCapture:
 
     def get(self, layer: int, name: str, pop: bool = True) -> torch.Tensor | None:
         return self.outputs.pop((layer, name), None) if pop else self.outputs.get((layer, name))
+
+    def keys(self) -> list[tuple[int, str]]:
+        """The hooked ``(layer, projection)`` pairs."""
+        return sorted(self.widths)
+
+    def put(self, layer: int, name: str, output: torch.Tensor) -> None:
+        """Store ``output`` as if the hooked projection had produced it (teacher outputs replayed from a cache)."""
+        self.outputs[(layer, name)] = output
 
     def clear(self) -> None:
         self.outputs.clear()
@@ -207,6 +217,11 @@ class HookedTerm(nn.Module):
         """Drop this step's captured tensors (called at the end of the term's forward)."""
         for cap in self._captures.values():
             cap.clear()
+
+    @property
+    def teacher_capture(self) -> ProjectionCapture | None:
+        """The teacher side's hooks (None before :meth:`attach`): a teacher-output cache records and refills them."""
+        return self._captures.get("teacher")
 
     def depths(self) -> tuple[int, int] | None:
         """(student, teacher) depths seen at :meth:`attach`, or None when not attached."""

@@ -78,6 +78,10 @@ class _HiddenTerm(nn.Module):
             self._pairs[key] = pairs
         return self._pairs[key]
 
+    def teacher_layers(self, student_layers: int, teacher_layers: int) -> list[int]:
+        """The teacher ``hidden_states`` indices this term reads (what a teacher-output cache must hold)."""
+        return sorted({lt for _, lt in self.pairs(student_layers, teacher_layers)})
+
     def _layer_loss(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

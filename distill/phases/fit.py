@@ -16,6 +16,7 @@ from distill.config import build
 from distill.data.tasks import get_task
 from distill.module import DistillationModule
 from distill.phases.plan import Phase, check_attention, phase_objective
+from distill.teacher_cache import prepare_teacher_outputs
 
 log = logging.getLogger("distill")
 
@@ -35,6 +36,8 @@ def fit_phase(phase: Phase, objective, student, teacher, dm, resume_root: Path |
         student, teacher, get_task(phase.cfg.data.task), objective=objective,
         optimizer=build(phase.cfg.optimizer, "optimizer"), scheduler=build(phase.cfg.scheduler, "scheduler"),
     )
+    module.teacher_outputs = prepare_teacher_outputs(phase.cfg.teacher, Path(phase.cfg.paths.cache_dir), objective,
+                                                     student, teacher, dm)
     phase.out_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(phase.cfg, phase.out_dir, with_quant=phase.final)  # QAT: the last phase only
     ckpt = find_resume_checkpoint(phase.cfg.ckpt_path, phase.out_dir, resume_root)
