@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +83,76 @@ def validate(cfg: DictConfig) -> None:
     lr = (cfg.get("optimizer") or {}).get("lr")
     if lr is not None and not _positive(lr):
         raise ConfigError(f"optimizer.lr={lr!r} must be a positive number.")
+    check_trainer_scale(cfg.get("trainer") or {})
     epochs = (cfg.get("trainer") or {}).get("max_epochs")
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or (epochs < 1 and epochs != -1)):
         raise ConfigError(f"trainer.max_epochs={epochs!r} must be a positive whole number (or -1 with trainer.max_steps).")
+    check_speed_options(cfg)
+
+
+def _whole(value: Any, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= low
+
+
+def _devices_ok(devices: Any) -> bool:
+    """What Lightning takes: N >= 1, -1 (all), auto, "N", "-1", "0,1" or a list of device indices."""
+    if devices == "auto" or devices == -1 or _whole(devices, 1):
+        return True
+    if isinstance(devices, str):
+        parts = [p.strip() for p in devices.strip(",").split(",")]
+        return devices.strip() == "-1" or (bool(parts) and all(p.isdigit() for p in parts) and devices != "0")
+    return isinstance(devices, Sequence) and bool(devices) and all(_whole(d, 0) for d in devices)
+
+
+def check_trainer_scale(trainer: Any) -> None:
+    """``trainer.strategy`` / ``devices`` / ``num_nodes``: values Lightning accepts, and what the machine and a
+    SLURM allocation offer, checked before the teacher is fine-tuned or any data is read."""
+    strategy = trainer.get("strategy")
+    if strategy is not None and not (isinstance(strategy, Mapping) and strategy.get("_target_")):
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        names = sorted(n for n in StrategyRegistry.available_strategies() if "spawn" not in n and "fork" not in n
+                       and "notebook" not in n and "xla" not in n and "tpu" not in n)
+        if strategy == "auto":
+            pass
+        elif not isinstance(strategy, str) or strategy not in names:
+            raise ConfigError(f"trainer.strategy={strategy!r} is not allowed; use auto, one of {', '.join(names)}, or a "
+                              "node with _target_ (trainer=ddp, ddp_cpu or fsdp).")
+    accelerator = str(trainer.get("accelerator", "auto"))
+    target = str(strategy.get("_target_")) if isinstance(strategy, Mapping) else str(strategy)
+    if ("fsdp" in target.lower()) and accelerator not in ("gpu", "cuda", "auto"):
+        raise ConfigError(f"trainer.strategy={target} runs on CUDA GPUs only (Lightning's FSDP), not "
+                          f"trainer.accelerator={accelerator}; on CPU use trainer=ddp_cpu.")
+    devices, nodes = trainer.get("devices", "auto"), trainer.get("num_nodes", 1)
+    if not _devices_ok(devices):
+        raise ConfigError(f"trainer.devices={devices!r} must be a positive number of devices, -1 (all), auto, or "
+                          "a list of device indices such as [0,1].")
+    if not _whole(nodes, 1):
+        raise ConfigError(f"trainer.num_nodes={nodes!r} must be a positive whole number of machines.")
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        have = torch.cuda.device_count()
+        if have == 0:
+            raise ConfigError(f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine has "
+                              "none; use trainer=cpu, or trainer=ddp_cpu for several processes.")
+        if _whole(devices, 1) and devices > have:
+            raise ConfigError(f"trainer.devices={devices} asks for {devices} GPUs but this machine has {have}.")
+    _check_slurm_tasks(devices, nodes)
+
+
+def _check_slurm_tasks(devices: Any, nodes: Any) -> None:
+    """Inside a SLURM job Lightning runs one process per task: the trainer must ask for exactly the tasks the
+    allocation has (conf/hydra/launcher/slurm.yaml derives them from the trainer, so they match there)."""
+    per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "")
+    if not per_node.isdigit() or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return  # not a batch SLURM job (Lightning ignores interactive ones too)
+    if devices != int(per_node):
+        raise ConfigError(f"trainer.devices={devices!r} must equal the SLURM job's tasks per node ({per_node}); set "
+                          f"trainer.devices={per_node} or hydra.launcher.tasks_per_node.")
+    slurm_nodes = os.environ.get("SLURM_NNODES", "")
+    if slurm_nodes.isdigit() and nodes != int(slurm_nodes):
+        raise ConfigError(f"trainer.num_nodes={nodes!r} must equal the SLURM job's nodes ({slurm_nodes}).")
 
 
 def check_pair(student, teacher, tokenizer) -> None:
@@ -112,3 +181,35 @@ def check_tokenizers(student_tokenizer, teacher_tokenizer) -> None:
     """A student that ships its own tokenizer must have exactly the teacher's vocabulary."""
     if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
         raise ConfigError("the student's tokenizer differs from the teacher's; distillation needs one shared vocabulary.")
+
+
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_speed_options(cfg: DictConfig) -> None:
+    """``trainer.precision``, ``compile.*`` and ``teacher.cache*``: one sentence naming the key, before any work."""
+    from distill.teacher_cache import check_settings
+
+    precision = str((cfg.get("trainer") or {}).get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is not allowed; use one of {', '.join(PRECISIONS)} "
+                          "(bf16-mixed on CPUs with bfloat16 support, 16-mixed / bf16-mixed on GPUs).")
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
+    if precision == "16-mixed" and accelerator == "cpu":
+        raise ConfigError("trainer.precision=16-mixed needs a GPU; on trainer.accelerator=cpu use bf16-mixed or 32-true.")
+    options = cfg.get("compile") or {}
+    if not isinstance(options.get("enabled", False), bool):
+        raise ConfigError(f"compile.enabled={options.get('enabled')!r} must be true or false.")
+    if options.get("mode") not in COMPILE_MODES:
+        raise ConfigError(f"compile.mode={options.get('mode')!r} is not allowed; use null or one of "
+                          f"{', '.join(m for m in COMPILE_MODES if m)}.")
+    if options.get("enabled"):
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if options.get("backend", "inductor") not in backends:
+            raise ConfigError(f"compile.backend={options.get('backend')!r} is not a torch.compile backend; use one of "
+                              f"{', '.join(sorted(backends))}.")
+    if cfg.get("teacher") is not None:
+        check_settings(cfg.teacher)

@@ -11,6 +11,7 @@ hyperparameters, and a throughput callback.
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
 import re
@@ -240,3 +241,46 @@ class ThroughputMonitor(L.Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(self.last, step=trainer.global_step)
         self._reset()
+
+
+class TrainingClock(L.Callback):
+    """Time the training steps of a fit (what ``scripts/bench_throughput.py`` compares) and write them to ``path``.
+
+    Per epoch, the clock runs from the start of the first counted batch to the end of the epoch's last batch
+    (data loading between batches included); the first ``skip_batches`` batches of the fit warm up allocators
+    and kernels and are not counted. Validation, epoch-end checkpoints and everything before and after the fit
+    are outside it. Writes ``{"examples", "tokens", "seconds", "steps"}`` as JSON at the end of the fit.
+    """
+
+    def __init__(self, path: str, skip_batches: int = 5) -> None:
+        super().__init__()
+        self.path, self.skip = Path(path), int(skip_batches)
+        self.examples = self.tokens = self.steps = self._seen = 0
+        self.seconds = 0.0
+        self._t0: float | None = None
+        self._last = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._seen += 1
+        if self._seen > self.skip and self._t0 is None:
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._t0 is None:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        examples, tokens = _batch_counts(batch)
+        self.examples, self.tokens, self.steps = self.examples + examples, self.tokens + tokens, self.steps + 1
+        self._last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._t0 is not None:
+            self.seconds += self._last - self._t0
+            self._t0 = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"examples": self.examples, "tokens": self.tokens,
+                                             "seconds": self.seconds, "steps": self.steps}))

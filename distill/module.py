@@ -50,9 +50,17 @@ class TaskModule(L.LightningModule):
     def _inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
+    def compile_student(self, backend: str = "inductor", mode: str | None = None, dynamic: bool | None = True) -> None:
+        """Train through ``torch.compile(student)`` (validation, saving and export keep the plain model).
+
+        The compiled wrapper shares the student's parameters and is kept outside the module's children, so
+        checkpoints and ``state_dict`` are those of the plain student."""
+        self._compiled = {"student": torch.compile(self.student, backend=backend, mode=mode, dynamic=dynamic)}
+
     def student_forward(self, batch: dict[str, torch.Tensor]):
         need = self.objective.requires
-        return self.student(
+        model = getattr(self, "_compiled", {}).get("student", self.student)
+        return model(
             **self._inputs(batch),
             output_hidden_states="hidden_states" in need,
             output_attentions="attentions" in need,
@@ -77,7 +85,8 @@ class TaskModule(L.LightningModule):
         if not bool(torch.isfinite(loss)):  # one host sync per step: cheap beside a transformer's forward
             self._stop_on_non_finite(loss, parts)
         bs = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        # sync_dist: under DDP the logged loss is the mean over ranks (what the averaged gradient descends)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "loss"}, batch_size=bs)
         return loss
 

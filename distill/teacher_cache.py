@@ -29,6 +29,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -346,8 +347,10 @@ def prepare_teacher_outputs(tcfg, cache_root: Path, objective, student, teacher,
     log.info("teacher.cache: recording %s of %d examples (%d tokens, %s) at %s", what, len(lengths),
              int(lengths.sum()), _fmt(size), final)
     tmp = Path(tempfile.mkdtemp(prefix=".recording-", dir=final.parent))
+    start = time.perf_counter()
     try:
         _record(tmp, dm, teacher, spec, lengths)
+        log.info("teacher.cache: recorded in %.1f s", time.perf_counter() - start)
         (tmp / META).write_text(json.dumps({"examples": len(lengths), "tokens": int(lengths.sum()),
                                             "bytes": size, **spec.as_dict()}, indent=2))
         if final.exists():  # another process finished the same entry first

@@ -15,10 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill.config import validate
 from distill.console import seed_everything, setup_console
+from distill.distributed import end_job
 
 
 def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Validate ``cfg`` and run its stage; returns ``(metrics, objects)``."""
+    """Validate ``cfg`` and run its stage; returns ``(metrics, objects)``.
+
+    Under DDP every rank runs this; ranks other than 0 return empty metrics after fitting. Rank 0 then waits
+    for them (:func:`distill.distributed.end_job`), so that the next job of a sweep starts its own ranks.
+    """
     setup_console()
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
@@ -26,4 +31,10 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     output_dir.mkdir(parents=True, exist_ok=True)
     Path(cfg.paths.cache_dir).mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    return get_method(cfg.stage._target_)(cfg, output_dir)
+    try:
+        result = get_method(cfg.stage._target_)(cfg, output_dir)
+    except BaseException:
+        end_job(failed=True)
+        raise
+    end_job()
+    return result

@@ -133,6 +133,18 @@ BAD_INPUTS = [
     (["trainer.max_epochs=-3"], "trainer.max_epochs=-3 must be a positive whole number"),
     (["data.max_train_samples=many"], "data.max_train_samples='many' must be a positive number"),
     (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path='/nonexistent/last.ckpt' is not a file; give a checkpoint"),
+    # throughput options (#16): cache, sampler, padding, loader workers, precision, compile
+    (["teacher.cache=maybe"], "teacher.cache='maybe' must be true or false"),
+    (["teacher.cache=true", "teacher.cache_top_k=0"], "teacher.cache_top_k=0 must be a whole number >= 1"),
+    (["teacher.cache=true", "teacher.cache_max_gb=0"], "teacher.cache_max_gb=0 must be a positive number"),
+    (["teacher.cache=true", "teacher.cache_max_gb=1e-9"], "teacher.cache would take"),
+    (["data/sampler=length_grouped", "data.sampler.group_batches=0"], "data.sampler.group_batches=0 must be a whole"),
+    (["data.padding=shortest"], "data.padding='shortest' is not allowed; use longest or max_length"),
+    (["data.num_workers=-1"], "data.num_workers=-1 must be a whole number >= 0"),
+    (["trainer.precision=8-mixed"], "trainer.precision='8-mixed' is not allowed"),
+    (["trainer.precision=16-mixed"], "trainer.precision=16-mixed needs a GPU"),
+    (["compile.enabled=true", "compile.backend=fast"], "compile.backend='fast' is not a torch.compile backend"),
+    (["compile.mode=turbo"], "compile.mode='turbo' is not allowed"),
 ]
 
 

@@ -19,6 +19,7 @@ from distill.errors import ConfigError
 
 SPLITS = {"train": "train", "dev": "validation"}
 SOURCES = ("auto", "local", "hub")
+PADDING = ("longest", "max_length")
 
 
 class GLUEDataModule(L.LightningDataModule):
@@ -37,6 +38,8 @@ class GLUEDataModule(L.LightningDataModule):
         sampler: factory ``sampler(dataset, batch_size=...)`` of the training order (``data/sampler`` presets:
             torch's shuffle, or length-grouped batches); ``None``: torch's shuffle.
         num_workers / pin_memory: data-loader worker processes (kept alive across epochs) and pinned memory.
+        padding: ``longest`` (each batch padded to its longest example) or ``max_length`` (every batch padded to
+            ``max_length``: static shapes, for compilers and accelerators that recompile per shape).
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class GLUEDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         sampler: Any = None,
         pin_memory: bool = False,
+        padding: str = "longest",
     ) -> None:
         super().__init__()
         self.spec: TaskSpec = get_task(task)
@@ -69,6 +73,8 @@ class GLUEDataModule(L.LightningDataModule):
             raise ConfigError(f"data.pin_memory={pin_memory!r} must be true or false.")
         if sampler is not None and not callable(sampler):
             raise ConfigError(f"data.sampler must be a sampler preset (data/sampler=random or length_grouped); got {sampler!r}.")
+        if padding not in PADDING:
+            raise ConfigError(f"data.padding={padding!r} is not allowed; use {' or '.join(PADDING)}.")
         if max_length < 8:
             raise ConfigError(f"data.max_length={max_length} must be at least 8 tokens.")
         self.data_dir = data_dir
@@ -81,7 +87,7 @@ class GLUEDataModule(L.LightningDataModule):
         self.max_eval_samples = max_eval_samples
         self.subset_seed = subset_seed
         self.num_workers = num_workers
-        self.sampler, self.pin_memory = sampler, pin_memory
+        self.sampler, self.pin_memory, self.padding = sampler, pin_memory, padding
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.datasets: dict[str, Any] = {}
@@ -187,7 +193,8 @@ class GLUEDataModule(L.LightningDataModule):
 
     # ---- loaders -------------------------------------------------------------------------------
     def _collate(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        batch = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")(features)
+        batch = DataCollatorWithPadding(self.tokenizer, padding=self.padding, max_length=self.max_length,
+                                        return_tensors="pt")(features)
         batch["labels"] = batch["labels"].float() if self.is_regression else batch["labels"].long()
         return batch
 

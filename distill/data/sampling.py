@@ -14,12 +14,18 @@ batches of a group are shuffled. Each epoch's order follows from the epoch's see
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Iterator, Sized
 
 import torch
 from torch.utils.data import Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
-from torchdata.stateful_dataloader.sampler import RandomSampler, _StatefulRandomSamplerIterator
+from torchdata.stateful_dataloader.sampler import (
+    RandomSampler,
+    StatefulDistributedSampler,
+    _StatefulRandomSamplerIterator,
+)
 
 from distill.errors import ConfigError
 
@@ -64,6 +70,12 @@ class TorchOrderRandomSampler(RandomSampler):
     def __iter__(self) -> Iterator[int]:
         return _EpochIterator(self)
 
+    def shard(self, num_replicas: int, rank: int, seed: int, drop_last: bool = False) -> Sampler:
+        """This sampler for one rank of a DDP run: torchdata's resumable distributed sampler, whose order
+        (``seed + epoch``) is the same on every rank and for any world size."""
+        return StatefulDistributedSampler(self.data_source, num_replicas=num_replicas, rank=rank, shuffle=True,
+                                          seed=seed, drop_last=drop_last)
+
 
 def example_lengths(data_source: Sized) -> list[int]:
     """Token count of each example: the ``input_ids`` column of a ``datasets.Dataset`` (read without
@@ -71,6 +83,46 @@ def example_lengths(data_source: Sized) -> list[int]:
     if hasattr(data_source, "with_format"):
         return [len(ids) for ids in data_source.with_format(None)["input_ids"]]
     return [len(data_source[i]["input_ids"]) for i in range(len(data_source))]
+
+
+def group_by_length(perm: list[int], lengths: list[int], batch_size: int, group_batches: int,
+                    generator: torch.Generator) -> list[int]:
+    """``perm`` cut into groups of ``group_batches`` × ``batch_size``, each sorted by length (longest first) and cut
+    into batches whose order within the group is shuffled with ``generator``."""
+    size = batch_size * group_batches
+    out: list[int] = []
+    for start in range(0, len(perm), size):
+        chunk = sorted(perm[start:start + size], key=lambda i: -lengths[i])  # stable: ties keep perm order
+        batches = [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+        order = torch.randperm(len(batches), generator=generator).tolist()
+        out.extend(i for b in order for i in batches[b])
+    return out
+
+
+class ShardedLengthGroupedSampler(StatefulDistributedSampler):
+    """Length-grouped order for DDP: every rank draws the same grouped order of global batches (``batch_size`` ×
+    ``num_replicas`` examples, from ``seed + epoch``) and takes every ``num_replicas``-th example of it, so each
+    rank's batch at a step holds examples of similar length, and so do the ranks' batches of that step (no rank
+    waits for a long one). Its position is checkpointed as torchdata's distributed sampler's is."""
+
+    def __init__(self, dataset: Sized, num_replicas: int, rank: int, seed: int, drop_last: bool, batch_size: int,
+                 group_batches: int, lengths: list[int]) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
+        self.batch_size, self.group_batches, self.lengths = batch_size, group_batches, lengths
+
+    def __iter__(self) -> Iterator[int]:
+        self.yielded, self.next_yielded = (self.next_yielded or 0), None
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = group_by_length(torch.randperm(len(self.dataset), generator=g).tolist(), self.lengths,
+                                self.batch_size * self.num_replicas, self.group_batches, g)
+        if self.drop_last:
+            order = order[:self.total_size]
+        else:  # as torch's DistributedSampler: repeat the head so every rank gets the same count
+            order = (order * math.ceil(self.total_size / len(order)))[:self.total_size]
+        for idx in itertools.islice(order[self.rank:self.total_size:self.num_replicas], self.yielded, None):
+            self.yielded += 1
+            yield idx
 
 
 class _GroupedEpochIterator(_EpochIterator):
@@ -96,14 +148,12 @@ class LengthGroupedSampler(TorchOrderRandomSampler):
 
     def group(self, perm: list[int]) -> list[int]:
         """``perm`` reordered into length-sorted batches, batch order shuffled within each group."""
-        size = self.batch_size * self.group_batches
-        out: list[int] = []
-        for start in range(0, len(perm), size):
-            chunk = sorted(perm[start:start + size], key=lambda i: -self.lengths[i])  # stable: ties keep perm order
-            batches = [chunk[b:b + self.batch_size] for b in range(0, len(chunk), self.batch_size)]
-            order = torch.randperm(len(batches), generator=self.generator).tolist()
-            out.extend(i for b in order for i in batches[b])
-        return out
+        return group_by_length(perm, self.lengths, self.batch_size, self.group_batches, self.generator)
+
+    def shard(self, num_replicas: int, rank: int, seed: int, drop_last: bool = False) -> Sampler:
+        """This order for one rank of a DDP run (see :class:`ShardedLengthGroupedSampler`)."""
+        return ShardedLengthGroupedSampler(self.data_source, num_replicas, rank, seed, drop_last, self.batch_size,
+                                           self.group_batches, self.lengths)
 
     def __iter__(self) -> Iterator[int]:
         return _GroupedEpochIterator(self)

@@ -36,6 +36,9 @@ def fit_phase(phase: Phase, objective, student, teacher, dm, resume_root: Path |
         student, teacher, get_task(phase.cfg.data.task), objective=objective,
         optimizer=build(phase.cfg.optimizer, "optimizer"), scheduler=build(phase.cfg.scheduler, "scheduler"),
     )
+    options = phase.cfg.get("compile") or {}
+    if options.get("enabled"):
+        module.compile_student(options.get("backend", "inductor"), options.get("mode"), options.get("dynamic", True))
     module.teacher_outputs = prepare_teacher_outputs(phase.cfg.teacher, Path(phase.cfg.paths.cache_dir), objective,
                                                      student, teacher, dm)
     phase.out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,12 +58,15 @@ def fit_phase(phase: Phase, objective, student, teacher, dm, resume_root: Path |
 
 
 def finish(phase: Phase, trainer, write_result) -> None:
-    """Write the phase's result (``write_result(folder)``) and then ``done.json``, each atomically."""
-    write_result(phase.out_dir)
-    loss = trainer.callback_metrics.get("train/loss")
-    info = {"name": phase.name, "global_step": trainer.global_step, "epochs": trainer.current_epoch,
-            "train_loss": None if loss is None else float(loss)}
-    replace_atomically(phase.out_dir / DONE, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    """Write the phase's result (``write_result(folder)``) and then ``done.json``, each atomically; under DDP
+    rank 0 writes and the other ranks wait for it (they would race on the same temporary files)."""
+    if trainer.is_global_zero:
+        write_result(phase.out_dir)
+        loss = trainer.callback_metrics.get("train/loss")
+        info = {"name": phase.name, "global_step": trainer.global_step, "epochs": trainer.current_epoch,
+                "train_loss": None if loss is None else float(loss)}
+        replace_atomically(phase.out_dir / DONE, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    trainer.strategy.barrier("phase-finished")
 
 
 def fit_task_phases(phases: list[Phase], student, teacher, dm, output_dir: Path) -> None:

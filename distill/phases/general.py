@@ -60,7 +60,9 @@ def run_general_phase(phase: Phase) -> Path:
         tokenizer.save_pretrained(folder / STUDENT)
 
     finish(phase, trainer, save)
-    _publish(phase, dm)
+    if trainer.is_global_zero:  # one writer of the shared cache entry; the others wait until it is there
+        _publish(phase, dm)
+    trainer.strategy.barrier("phase-published")
     return phase.out_dir / STUDENT
 
 

@@ -13,6 +13,7 @@ from distill.blocks import build_datamodule, save_model
 from distill.config import build, check_pair
 from distill.console import seed_everything
 from distill.data.augment import augment_train_set
+from distill.distributed import leave_training
 from distill.models.student import pretrained_student
 from distill.models.teacher import load_classifier, load_config
 from distill.phases import adopt_previous_run, fit_task_phases, plan_phases, run_general_phase
@@ -49,6 +50,8 @@ def run(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, Any], dict[str, An
     if cfg.augment.enabled:
         augment_train_set(cfg, dm, teacher, teacher_path)
     fit_task_phases([p for p in phases if not p.own_models], student, teacher, dm, output_dir)
+    if not leave_training():  # DDP: every rank fitted the same student; rank 0 alone saves and reports it
+        return {}, {}
 
     trained = student
     if is_qat_prepared(student):  # the shipped fp32 student is the QAT-trained weights without fake quant

@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from distill.distributed import leave_training
 from distill.errors import ConfigError
 from distill.phases import DONE, plan_phases, run_general_phase
 
@@ -21,6 +22,8 @@ def run(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, Any], dict[str, An
                           "experiment=tinybert_sst2 or mlm_distill, or add one with +phase@phases.general=general.")
     for phase in general:
         folder = run_general_phase(phase)
+    if not leave_training():  # DDP: rank 0 alone copies the student into the run folder
+        return {}, {}
     out = output_dir / "general_student"
     if out.resolve() != folder.resolve():
         shutil.copytree(folder, out, dirs_exist_ok=True)

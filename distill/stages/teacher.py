@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill.blocks import build_datamodule, build_trainer, save_model
 from distill.console import seed_everything
+from distill.distributed import barrier, is_global_zero
 from distill.models.teacher import cache_key, load_classifier, load_config, publish_dir
 from distill.module import TaskModule
 from distill.optim import linear_warmup_decay
@@ -35,6 +36,8 @@ def prepare_teacher(cfg: DictConfig, dm) -> tuple[str, dict[str, Any]]:
     args = OmegaConf.to_container(tcfg.finetune_args, resolve=True)
     settings = {"finetune": args, "seed": cfg.seed, "source": dm.source, "max_length": dm.max_length,
                 "max_train_samples": dm.max_train_samples, "subset_seed": dm.subset_seed}
+    if dm.sampler_key() is not None:  # only when not torch's shuffle, so earlier cache entries stay valid
+        settings["sampler"] = dm.sampler_key()
     final = Path(cfg.paths.cache_dir) / "teachers" / cache_key(name, dm.spec, settings)
     if (final / "config.json").is_file():
         log.info("Reusing the fine-tuned teacher cached at %s", final)
@@ -51,13 +54,18 @@ def prepare_teacher(cfg: DictConfig, dm) -> tuple[str, dict[str, Any]]:
         trainer = build_trainer(cfg, Path(work), with_callbacks=False, max_epochs=args["max_epochs"],
                                 max_steps=args["max_steps"], enable_checkpointing=False)
         trainer.fit(module, dm)
+        # DDP: every rank scores the whole dev set (torchmetrics gathers their identical counts, which leaves
+        # every metric unchanged, and needs all ranks in that collective); rank 0 alone caches the teacher
         metrics = evaluate(model, dm.val_dataloader(), dm.spec)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent))
-        save_model(model, dm.tokenizer, tmp)
-        info = {"base": name, "task": dm.spec.name, "settings": settings, "dev_metrics": metrics}
-        (tmp / "distill_teacher.json").write_text(json.dumps(info, indent=2, default=str))
-        publish_dir(tmp, final)
+        if is_global_zero():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=final.parent))
+            save_model(model, dm.tokenizer, tmp)
+            info = {"base": name, "task": dm.spec.name, "settings": settings, "dev_metrics": metrics}
+            (tmp / "distill_teacher.json").write_text(json.dumps(info, indent=2, default=str))
+            publish_dir(tmp, final)
+        barrier()  # the other ranks load the cached teacher next
+    info = json.loads((final / "distill_teacher.json").read_text())
     log.info("Teacher dev metrics: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return str(final), info
 

@@ -100,3 +100,29 @@ def test_the_sampler_preset_reaches_the_training_loader(make_cfg):
     assert dm.sampler_key() is not None
     plain = make_cfg()
     assert build_datamodule(plain, str(plain.teacher.name_or_path)).sampler_key() is None
+
+
+def test_ddp_shards_of_the_grouped_order_cover_the_data_and_keep_batches_of_similar_length():
+    data = dataset(n=256)
+    base = LengthGroupedSampler(data, batch_size=8, group_batches=4)
+    ranks = [base.shard(2, r, seed=3) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(1)
+    per_rank = [list(s) for s in ranks]
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(256))
+    length = lambda i: len(data[i]["input_ids"])  # noqa: E731
+    for step in range(len(per_rank[0]) // 8):
+        a, b = (p[step * 8:(step + 1) * 8] for p in per_rank)
+        block = sorted((length(i) for i in a + b), reverse=True)
+        # the two ranks' step batches are one length-sorted global batch dealt out alternately
+        assert [length(i) for i in a] == block[0::2] and [length(i) for i in b] == block[1::2]
+    # the same seed and epoch give the same shards; resuming skips what was yielded
+    again = base.shard(2, 0, seed=3)
+    again.set_epoch(1)
+    it = iter(again)
+    head = [next(it) for _ in range(10)]
+    state = again.state_dict()
+    resumed = base.shard(2, 0, seed=3)
+    resumed.set_epoch(1)
+    resumed.load_state_dict(state)
+    assert head + list(resumed) == per_rank[0]

@@ -1,0 +1,179 @@
+"""Several processes (DDP) on one engine: Lightning's DDP strategy, with three things it does not do for us.
+
+* **Shards of our resumable order.** Lightning replaces a ``torch.utils.data.RandomSampler`` with a
+  ``DistributedSampler`` but wraps any other sampler — ours is torchdata's stateful one — in a
+  ``DistributedSamplerWrapper``, which re-shuffles the positions of each rank's *own* draw of the wrapped
+  sampler. Each rank draws that epoch's seed from its own global generator, and those generators drift apart
+  (dropout draws as many numbers as each rank's padded batch has elements), so from the second epoch on the
+  ranks' shards overlap and miss examples. :meth:`DDPStrategy.process_dataloader` swaps the wrapper for
+  torchdata's ``StatefulDistributedSampler`` (``seed + epoch``: the same permutation on every rank and for every
+  world size; rank ``r`` takes positions ``r, r + W, ...``), whose position the ``StatefulDataLoader`` keeps
+  in every checkpoint, so a killed DDP run resumes on the same batches.
+* **One folder per Hydra job.** Lightning starts ranks ``1..N-1`` as ``python train.py <the same argv>
+  hydra.run.dir=<run.dir>``; under ``-m`` that re-runs the whole sweep in folders of its own (``run.dir`` is
+  not the job's folder). :class:`JobScriptLauncher` starts them as a single run of *this job* (its overrides,
+  ``hydra.run.dir=<the job's output folder>``), and :func:`end_job` lets the next job of the sweep start
+  its own processes.
+* **Rank zero writes.** :func:`is_global_zero` and :func:`barrier` for the stages: every rank fits, only rank
+  0 writes the run folder's files (report, student, caches), the others return after fitting.
+
+The teacher is never wrapped for gradient sync: ``DistillationModule`` freezes it (``requires_grad=False``)
+and DDP builds its gradient buckets from parameters that require grad only, so each rank holds a full
+replica of the teacher and runs it forward only (``tests/test_distributed.py`` checks the buckets).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.strategies import DDPStrategy as _LightningDDP
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities.data import _update_dataloader
+from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRandomSampler
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
+
+log = logging.getLogger("distill")
+
+# what _SubprocessScriptLauncher puts into this process's environment for its children
+_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+_launchers: list[JobScriptLauncher] = []
+
+
+def global_rank() -> int:
+    """This process's rank among all processes (0 without distributed training)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(rank_zero_only.rank)  # Lightning's, read from RANK / LOCAL_RANK / SLURM_PROCID at import
+
+
+def is_global_zero() -> bool:
+    return global_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op in one process): rank 0 has written what the others read next."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def leave_training() -> bool:
+    """After a job's last fit: wait for every rank, end the process group, and say whether this is rank 0,
+    which goes on alone (its report's metrics must not wait in a collective for ranks that have returned)."""
+    zero = is_global_zero()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return zero
+
+
+class JobScriptLauncher(_SubprocessScriptLauncher):
+    """Lightning's launcher (``python train.py ...`` once per extra local rank) that keeps a Hydra multirun
+    job's ranks in the job's folder and starts them as one run of that job, not as the whole sweep again."""
+
+    def _call_children_scripts(self) -> None:
+        self._saved_env = {k: os.environ.get(k) for k in _LAUNCH_ENV}
+        _launchers.append(self)
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return super()._call_children_scripts()
+        self._check_can_spawn_children()
+        env = self.cluster_environment
+        os.environ.update(MASTER_ADDR=env.main_address, MASTER_PORT=str(env.main_port), NODE_RANK=str(env.node_rank()),
+                          LOCAL_RANK=str(env.local_rank()), WORLD_SIZE=str(self.num_processes * self.num_nodes))
+        command, cwd = job_command(HydraConfig.get())
+        for local_rank in range(1, self.num_processes):
+            child = job_child_args(command, local_rank)
+            self.procs.append(subprocess.Popen(child, env={**os.environ, "LOCAL_RANK": str(local_rank)}, cwd=cwd))
+
+    def end(self, failed: bool = False) -> None:
+        """Wait for this job's other ranks (end them if this one failed: they may wait in a collective forever),
+        then restore the environment so that the next job of a sweep launches its own."""
+        for proc in self.procs:
+            if failed and proc.poll() is None:
+                proc.kill()
+            if proc.wait() != 0 and not failed:
+                log.warning("rank process %s ended with exit code %s", proc.pid, proc.returncode)
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def job_command(hydra_cfg) -> tuple[list[str], str]:
+    """``python train.py <flags> <this job's overrides>``: one run of the current multirun job."""
+    from hydra.utils import get_original_cwd, to_absolute_path
+
+    argv = sys.argv[1:]
+    flags = [a for a in argv if a not in ("-m", "--multirun") and (a.startswith("-") or "=" not in a)]
+    return [sys.executable, to_absolute_path(sys.argv[0]), *flags, *hydra_cfg.overrides.task,
+            f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"'], get_original_cwd()
+
+
+def job_child_args(command: list[str], local_rank: int) -> list[str]:
+    # output_subdir=null: rank 0 alone writes .hydra/; mode=RUN: a preset that sets hydra.mode stays one run
+    return [*command, f"hydra.job.name=train_ddp_process_{local_rank}", "hydra.output_subdir=null", "hydra.mode=RUN"]
+
+
+def end_job(failed: bool = False) -> None:
+    """End the distributed part of one Hydra job (a no-op when this job started no processes)."""
+    if not _launchers:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    while _launchers:
+        _launchers.pop().end(failed)
+
+
+class DDPStrategy(_LightningDDP):
+    """``lightning.pytorch.strategies.DDPStrategy`` with per-rank shards of the resumable training order and
+    one folder per Hydra job (see the module docstring)."""
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if isinstance(self._launcher, _SubprocessScriptLauncher):
+            self._launcher = JobScriptLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+
+    def process_dataloader(self, dataloader: object) -> object:
+        sampler = getattr(dataloader, "sampler", None)
+        if isinstance(sampler, DistributedSamplerWrapper):
+            inner = sampler.dataset._sampler
+            if callable(getattr(inner, "shard", None)):  # our training samplers: each knows its per-rank form
+                shards = inner.shard(sampler.num_replicas, sampler.rank, sampler.seed, sampler.drop_last)
+            elif isinstance(inner, (StatefulRandomSampler, torch.utils.data.RandomSampler)):
+                shards = StatefulDistributedSampler(inner.data_source, num_replicas=sampler.num_replicas,
+                                                    rank=sampler.rank, shuffle=True, seed=sampler.seed,
+                                                    drop_last=sampler.drop_last)
+            else:
+                return super().process_dataloader(dataloader)
+            dataloader = _update_dataloader(dataloader, shards, mode=RunningStage.TRAINING)
+        return super().process_dataloader(dataloader)
+
+
+class GlobalTrainLoss(L.Callback):
+    """Log ``train/global_loss``: the training loss averaged over all ranks (what DDP's averaged gradient
+    descends; ``train/loss`` is rank 0's shard only). Equal to ``train/loss`` in one process."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        value = trainer.strategy.reduce(loss.detach(), reduce_op="mean")
+        pl_module.log("train/global_loss", value, batch_size=batch["input_ids"].shape[0])
+
+
+def layer_classes(names: list[str]) -> set[type]:
+    """The module classes named by import path (``conf/trainer/fsdp.yaml``'s ``auto_wrap_policy``: one FSDP
+    unit per transformer layer, which Lightning's FSDPStrategy takes as a set of classes)."""
+    from hydra.utils import get_class
+
+    return {get_class(name) for name in names}
