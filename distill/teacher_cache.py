@@ -343,7 +343,7 @@ def prepare_teacher_outputs(tcfg, cache_root: Path, objective, student, teacher,
         raise ConfigError(
             f"teacher.cache would take {_fmt(size)} ({what} of {len(lengths):,} examples, {int(lengths.sum()):,} tokens), "
             f"over teacher.cache_max_gb={tcfg.get('cache_max_gb', 4.0)} or the {_fmt(free)} free at {final.parent}; "
-            "raise the limit, cache fewer layers (loss layer maps), set teacher.cache_top_k, or teacher.cache=false.")
+            "raise the limit, store fewer layers (the loss terms' layer maps), use teacher.cache_dtype=float16, or set teacher.cache=false.")
     log.info("teacher.cache: recording %s of %d examples (%d tokens, %s) at %s", what, len(lengths),
              int(lengths.sum()), _fmt(size), final)
     tmp = Path(tempfile.mkdtemp(prefix=".recording-", dir=final.parent))

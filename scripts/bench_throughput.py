@@ -14,6 +14,7 @@ its classifier head as loaded: weights do not change the cost) on the same SST-2
 * ``distill-pad128`` / ``distill-grouped``   padding to 128 / length-grouped batches (``data/sampler=length_grouped``)
 * ``cache`` / ``cache-grouped``   ``teacher.cache=true`` (outputs recorded once before the fit), dynamic / grouped
 * ``ce`` / ``ce-grouped``   CE-only training of the same student (no teacher at all: the limit a cache approaches)
+* ``distill-bf16`` / ``distill-compile``   ``trainer.precision=bf16-mixed`` / ``compile.enabled=true`` (inductor)
 
 Variants run in turn, the order reversed every other repeat; the table gives each variant's median examples/s,
 its spread, and the ratios the issue asks for. Writes ``docs/benchmarks/<NAME>.{md,json}`` (default
@@ -43,6 +44,7 @@ DISTILL = {
     "distill": [], "distill-pad128": ["data.padding=max_length"], "distill-grouped": ["data/sampler=length_grouped"],
     "cache": ["teacher.cache=true"], "cache-grouped": ["teacher.cache=true", "data/sampler=length_grouped"],
     "ce": ["loss=ce"], "ce-grouped": ["loss=ce", "data/sampler=length_grouped"],
+    "distill-bf16": ["trainer.precision=bf16-mixed"], "distill-compile": ["compile.enabled=true"],
 }
 PLAIN = {"plain": "longest", "plain-pad128": "max_length"}
 VARIANTS = [*PLAIN, *DISTILL]
@@ -54,6 +56,8 @@ RATIOS = [
     ("distill-grouped", "distill", 1.3, "length-grouped / random-order dynamic padding"),
     ("distill", "distill-pad128", None, "dynamic padding / padding to 128"),
     ("cache-grouped", "ce-grouped", None, "cache + grouping / CE-only + grouping"),
+    ("distill-bf16", "distill", None, "bf16-mixed / fp32"),
+    ("distill-compile", "distill", None, "torch.compile / eager"),
 ]
 SEED, BATCH, MAX_LENGTH = 42, 32, 128
 
