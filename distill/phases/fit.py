@@ -15,6 +15,7 @@ from distill.checkpoint import find_resume_checkpoint, replace_atomically, run_s
 from distill.config import build
 from distill.data.tasks import get_task
 from distill.module import DistillationModule
+from distill.prune.neuron import match_ffn_widths
 from distill.phases.plan import Phase, check_attention, phase_objective
 from distill.teacher_cache import prepare_teacher_outputs
 
@@ -82,7 +83,9 @@ def fit_task_phases(phases: list[Phase], student, teacher, dm, output_dir: Path)
         return
     for phase, objective in zip(phases, objectives):
         if (phase.out_dir / DONE).is_file():
-            student.load_state_dict(torch.load(phase.out_dir / STATE, map_location="cpu", weights_only=True))
+            state = torch.load(phase.out_dir / STATE, map_location="cpu", weights_only=True)
+            match_ffn_widths(student, state)  # a phase that pruned FFN neurons saved the narrower layers
+            student.load_state_dict(state)
             log.info("%s already finished; skipped (weights from %s)", phase.label, phase.out_dir / STATE)
             continue
         trainer = fit_phase(phase, objective, student, teacher, dm)

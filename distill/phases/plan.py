@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from distill.blocks import build_objective
+from distill.blocks import build_callbacks, build_objective
 from distill.config import build
 from distill.errors import ConfigError, DistillError
 
@@ -104,6 +104,7 @@ def plan_phases(cfg: DictConfig, output_dir: Path) -> list[Phase]:
             configs = model_configs(cfg.student, pair.teacher_path)
         if configs is not None:
             check_attention(cfg, phase_objective(phase, *configs), phase.key)
+        build_callbacks(phase.cfg, with_quant=False)  # their settings (pruning targets, ...) checked now
     return phases
 
 
