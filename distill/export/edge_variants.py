@@ -4,16 +4,20 @@
 ``variant(ctx) -> ModelEntry`` as in :mod:`distill.export.variants`: export into ``ctx.out_dir/<folder>/``
 (artifact, manifest, tokenizer), run the artifact in its own runtime over ``ctx.calibration`` (the dev
 batches) against the fp32 student, record the parity and its verdict (``status``) in the manifest and in the
-entry's notes, and return the entry; the report then scores and times it like any other row. A failed
-parity keeps the artifact; :func:`failed_rows` finds the failed rows of a report.
+entry's notes, and return the entry; the report then scores and times it like any other row. Each runnable
+artifact's ``load_ms`` and ``peak_memory_mb`` (:func:`distill.export.memory.measure`, a fresh process, batch 1)
+go into the row's notes; ExecuTorch rows also note their bundled program's check. A failed parity keeps the
+artifact; :func:`failed_rows` finds the failed rows of a report.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from distill.export.edge import check_parity, save_tokenizer, source_of, update_manifest
+from distill.export.edge import manifest_path as path_json
 from distill.export.onnx import model_input_names
 from distill.report.entry import ModelEntry, VariantContext
 from distill.report.evaluate import parity, run_model
@@ -42,6 +46,16 @@ class _EdgeVariant:
     def runner(self, ctx: VariantContext, path: Path) -> Any:
         raise NotImplementedError
 
+    def memory(self, ctx: VariantContext, path: Path) -> dict[str, Any]:
+        """``load_ms`` / ``peak_memory_mb`` of the artifact in its runtime (fresh process, batch 1 × seq_len)."""
+        from distill.export.memory import measure
+
+        got = measure(
+            self.runtime, path, model_input_names(ctx.student), self.seq_len, int(self.threads or 1)
+        )
+        update_manifest(path, runtime_memory=got)
+        return {"load_ms": got["load_ms"], "peak_memory_mb": got["peak_memory_mb"], "memory": got}
+
     def __call__(self, ctx: VariantContext) -> ModelEntry:
         # no longer than the position table: export specialises dimensions the model cannot take
         self.seq_len = min(
@@ -54,6 +68,7 @@ class _EdgeVariant:
         notes: dict[str, Any] = {"manifest": str(path.with_suffix(".json")), "seq_len": self.seq_len}
         if model is not None:
             notes["load_s"] = getattr(model, "load_s", None)
+            notes.update(self.memory(ctx, path))
             if ctx.calibration:
                 result = {
                     "examples": sum(len(b["input_ids"]) for b in ctx.calibration),
@@ -93,6 +108,16 @@ class _ExecuTorch(_EdgeVariant):
         from distill.export.executorch import ExecuTorchClassifier
 
         return ExecuTorchClassifier(path, model_input_names(ctx.student), self.threads)
+
+    def __call__(self, ctx: VariantContext) -> ModelEntry:
+        entry = super().__call__(ctx)
+        bundled = json.loads(path_json(entry.path).read_text()).get("bundled_program") or {}
+        entry.notes["bundled_program"] = {k: bundled.get(k) for k in ("file", "cases", "atol", "check_here")}
+        if not (bundled.get("check_here") or {}).get("passed", True):
+            # the program fails its own device check here: as bad as failed parity
+            entry.notes["parity_check"] = "failed"
+            update_manifest(entry.path, status="failed")
+        return entry
 
 
 class ExecuTorchFP32(_ExecuTorch):

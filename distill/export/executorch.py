@@ -1,10 +1,14 @@
-"""ExecuTorch: ``torch.export`` → ``to_edge_transform_and_lower`` (XNNPACK partitioner) → ``.pte``, fp32 and int8.
+"""ExecuTorch: ``torch.export`` → ``to_edge_transform_and_lower`` (XNNPACK partitioner) → ``.pte``, fp32 and int8,
+each with a bundled program (``.bpte``: the program plus a few dev inputs and their expected logits).
 
 int8 is PT2E with the XNNPACK quantizer (int8 per-channel weights × dynamically quantized int8 activations
-for every linear layer), calibrated on a few batches, with int8 embedding tables
-(:func:`distill.export.edge.int8_embeddings`). Batch and sequence length are dynamic (1..``max_batch``,
-2..``seq_len``); the export example has batch 2, since batch 1 would specialise the batch dimension.
-:class:`ExecuTorchClassifier` runs a ``.pte`` in ``executorch.runtime``.
+for every linear layer), calibrated on 32 dev examples, with int8 embedding tables
+(:func:`distill.export.edge.int8_embeddings`). The graph is first made XNNPACK-friendly (eager attention,
+LayerNorm in delegable ops, reshapes with one inferred size: :mod:`distill.export.executorch_graph`), which
+halves batch-1 latency. Inputs are (1, T) int64 with T dynamic in 2..``seq_len``: XNNPACK reshapes take at
+most one unknown size, so a dynamic batch as well would leave every attention reshape outside the delegate.
+:class:`ExecuTorchClassifier` runs a ``.pte`` in ``executorch.runtime``; :func:`verify_bundled` runs a
+``.bpte``'s test cases through ExecuTorch's own bundled-program check, as a device would.
 """
 
 from __future__ import annotations
@@ -29,13 +33,21 @@ from distill.export.edge import (
     require,
     write_manifest,
 )
+from distill.export.executorch_graph import delegation_summary, infer_one_dim, xnnpack_friendly
 from distill.export.onnx import model_input_names
 
+BUNDLE_CASES = 4
+CALIBRATION_EXAMPLES = 32  # activations are quantized at run time, so calibration only has to run the graph
+# (rtol, atol) of the bundled check against its expected logits. fp32: the fp32 student, at the parity
+# threshold. int8: the PT2E-quantized student run in PyTorch (the graph this .pte was lowered from); XNNPACK's
+# int8 kernels round differently from PyTorch's reference q/dq ops: 1.6e-2 measured on `tiny` (4 SST-2 dev
+# examples), so 5e-2 passes correct kernels and catches broken ones (off by whole logits).
+BUNDLE_TOLERANCE: dict[str, tuple[float, float]] = {"fp32": (1e-5, 1e-4), "int8": (1e-2, 5e-2)}
 
-def _dynamic_shapes(n_inputs: int, seq_len: int, max_batch: int) -> tuple[dict[int, Any], ...]:
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
+
+def _dynamic_shapes(n_inputs: int, seq_len: int) -> tuple[dict[int, Any], ...]:
     seq = torch.export.Dim("sequence", min=2, max=seq_len)
-    return ({0: batch, 1: seq},) * n_inputs
+    return ({1: seq},) * n_inputs  # batch stays 1: see the module docstring
 
 
 def keep_integer_constants(gm: torch.fx.GraphModule) -> int:
@@ -82,17 +94,88 @@ def _quantize_pt2e(
     return convert_pt2e(gm)
 
 
+def dev_cases(
+    names: Sequence[str], batches: Sequence[Mapping[str, Any]], n: int, seq_len: int
+) -> list[tuple]:
+    """Up to ``n`` examples from ``batches``, each (1, its own unpadded length ≤ seq_len), in ``names`` order."""
+    cases: list[tuple] = []
+    for batch in batches:
+        tensors = [t.to(torch.long) for t in feed(names, batch)]
+        mask = tensors[names.index("attention_mask")]
+        for i in range(len(mask)):
+            length = max(2, min(seq_len, int(mask[i].sum())))
+            cases.append(tuple(t[i : i + 1, :length].contiguous() for t in tensors))
+            if len(cases) == n:
+                return cases
+    return cases
+
+
+def write_bundled(
+    program: Any, path: Path, cases: Sequence[tuple], reference: nn.Module, tolerance: tuple[float, float]
+) -> dict[str, Any]:
+    """Write ``path`` (``.bpte``): ``program`` (lowered, or a ``.pte`` path) with ``cases`` as test cases of
+    ``forward``, expected outputs from ``reference``; return what the manifest records (file, tolerance,
+    expected logits)."""
+    from executorch.devtools import BundledProgram
+    from executorch.devtools.bundled_program.config import MethodTestCase, MethodTestSuite
+    from executorch.devtools.bundled_program.serialize import serialize_from_bundled_program_to_flatbuffer
+
+    with torch.no_grad():
+        expected = [reference(*c).detach().float().contiguous() for c in cases]  # each (1, C)
+    suite = MethodTestSuite(
+        "forward", [MethodTestCase(inputs=list(c), expected_outputs=[e]) for c, e in zip(cases, expected)]
+    )
+    bundle = (
+        BundledProgram(None, [suite], pte_file_path=str(program))
+        if isinstance(program, (str, Path))
+        else BundledProgram(program, [suite])
+    )
+    path.write_bytes(serialize_from_bundled_program_to_flatbuffer(bundle))
+    return {
+        "file": path.name,
+        "cases": len(cases),
+        "sequence_lengths": [int(c[0].shape[1]) for c in cases],
+        "rtol": tolerance[0],
+        "atol": tolerance[1],
+        "expected_logits": [e[0].tolist() for e in expected],
+    }
+
+
+def verify_bundled(path: str | Path, cases: int, rtol: float, atol: float, expected: Sequence | None = None):
+    """Run each test case of a ``.bpte`` in ExecuTorch's bundled-program check (``|out - expected| ≤ atol +
+    rtol·|expected|``, as on a device); ``{"passed", "failed_cases", "max_abs_diff"}`` (the diff against
+    ``expected`` when given)."""
+    require("executorch")
+    from executorch.extension.pybindings import portable_lib
+
+    bundle = portable_lib._load_bundled_program_from_buffer(Path(path).read_bytes())
+    failed, diff = [], 0.0
+    for i in range(cases):
+        try:
+            outputs = bundle.verify_result_with_bundled_expected_output("forward", i, rtol, atol)
+        except RuntimeError:  # the runtime's verdict is only a status; rerun without a bound for the diff
+            failed.append(i)
+            outputs = bundle.verify_result_with_bundled_expected_output("forward", i, 0.0, float("inf"))
+        if expected is not None:
+            diff = max(diff, (outputs[0][0] - torch.tensor(expected[i])).abs().max().item())
+    return {
+        "passed": not failed,
+        "failed_cases": failed,
+        "max_abs_diff": diff if expected is not None else None,
+    }
+
+
 def export_executorch(
     model: nn.Module,
     path: str | Path,
     precision: str = "fp32",
     seq_len: int = 128,
-    max_batch: int = 128,
     calibration: Sequence[Mapping[str, Any]] | None = None,
     source: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``path`` (a ``.pte``) and its manifest; ``precision`` ``fp32`` or ``int8`` (PT2E, calibrated
-    on ``calibration`` batches, random ones when None). Inputs (B, T) int64, B in 1..max_batch, T in 2..seq_len."""
+    """Write ``path`` (a ``.pte``), its bundled program (``.bpte``, checked here) and its manifest;
+    ``precision`` ``fp32`` or ``int8`` (PT2E, calibrated on ``calibration`` batches, random ones when None;
+    the first dev examples are the bundled test cases). Inputs (1, T) int64, T in 2..seq_len."""
     require("executorch")
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -100,17 +183,31 @@ def export_executorch(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = model_input_names(model)
-    base = int8_embeddings(model) if precision == "int8" else model.eval()
-    module = LogitsModule(base, names).eval()
-    example = example_inputs(model, 2, min(16, seq_len))
-    dynamic = _dynamic_shapes(len(names), seq_len, max_batch)
+    base = int8_embeddings(model) if precision == "int8" else model
+    module = LogitsModule(xnnpack_friendly(base, inplace=precision == "int8"), names).eval()
+    example = example_inputs(model, 1, min(16, seq_len))
+    dynamic = _dynamic_shapes(len(names), seq_len)
+    cases = dev_cases(names, calibration or [], BUNDLE_CASES, seq_len) or [example]
+    reference: nn.Module = LogitsModule(model.eval(), names).eval()
     if precision == "int8":
-        batches = [tuple(feed(names, b)) for b in (calibration or [])[:4]] or [example]
-        module = _quantize_pt2e(module, example, dynamic, batches)
+        # one example at a time, unpadded: the program's batch is 1
+        batches = dev_cases(names, calibration or [], CALIBRATION_EXAMPLES, seq_len) or [example]
+        module = reference = _quantize_pt2e(module, example, dynamic, batches)
     program = torch.export.export(module, example, dynamic_shapes=dynamic)
-    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    edge = to_edge_transform_and_lower(
+        program, transform_passes=[infer_one_dim], partitioner=[XnnpackPartitioner()]
+    )
+    delegation = delegation_summary(edge)
+    lowered = edge.to_executorch()
     path.write_bytes(lowered.buffer)
-    inputs = [{"name": n, "dtype": "int64", "shape": [[1, max_batch], [2, seq_len]]} for n in names]
+    bundled = write_bundled(lowered, path.with_suffix(".bpte"), cases, reference, BUNDLE_TOLERANCE[precision])
+    bundled["expected_from"] = (
+        "the PT2E-quantized student in PyTorch" if precision == "int8" else "the fp32 PyTorch student"
+    )
+    bundled["check_here"] = verify_bundled(
+        path.with_suffix(".bpte"), len(cases), bundled["rtol"], bundled["atol"], bundled["expected_logits"]
+    )
+    inputs = [{"name": n, "dtype": "int64", "shape": [1, [2, seq_len]]} for n in names]
     write_manifest(
         path,
         manifest(
@@ -128,6 +225,8 @@ def export_executorch(
             )
             if precision == "int8"
             else None,
+            delegation=delegation,
+            bundled_program=bundled,
         ),
     )
     return path
@@ -136,7 +235,7 @@ def export_executorch(
 class ExecuTorchClassifier:
     """A ``.pte`` in ``executorch.runtime``, called like a HF model: ``clf(input_ids=..., attention_mask=...)``
     → logits (B, C) float32. ``threads`` sizes ExecuTorch's thread pool (default ``torch.get_num_threads()``);
-    batches larger than the program's batch range (from its manifest) run in chunks."""
+    batches larger than the program's batch size (from its manifest) run in chunks."""
 
     def __init__(self, path: str | Path, input_names: Sequence[str], threads: int | None = None) -> None:
         require("executorch")
@@ -150,7 +249,8 @@ class ExecuTorchClassifier:
         self.method = Runtime.get().load_program(self.path).load_method("forward")
         self.load_s = time.perf_counter() - start
         meta = manifest_path(self.path)
-        self.max_batch = json.loads(meta.read_text())["inputs"][0]["shape"][0][1] if meta.is_file() else None
+        batch = json.loads(meta.read_text())["inputs"][0]["shape"][0] if meta.is_file() else None
+        self.max_batch = batch[1] if isinstance(batch, list) else batch
 
     def __call__(self, **inputs: Any) -> torch.Tensor:
         tensors = [t.to(torch.long).contiguous() for t in feed(self.input_names, inputs)]  # each (B, T)

@@ -22,6 +22,8 @@ def columns(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("latency_ms", "ms p50", "{:.2f}"), ("latency_p90_ms", "ms p90", "{:.2f}"),
         ("throughput_eps", f"ex/s @b{batch}", "{:.1f}"), ("speedup_latency", "speed-up", "{:.1f}x"),
         ("agreement", "agreement", "{:.2%}"),
+        *[(key, header, "{:.1f}") for key, header in (("load_ms", "load ms"), ("peak_memory_mb", "peak MiB"))
+          if any(r.get(key) is not None for r in rows)],  # edge exports measure these; other reports omit them
     ]
 
 

@@ -18,6 +18,8 @@ Every row has every key below (``None`` where it does not apply or was not measu
 ``latency_p90_ms``         90th percentile of the same runs
 ``throughput_eps``         examples per second at the settings' throughput batch
 ``threads``                intra-op threads the timing ran with
+``load_ms``                time to load the artifact in its runtime, in a fresh process (edge exports)
+``peak_memory_mb``         MiB of resident memory the runtime added while loading and running it at batch 1
 ``parity``                 ``{reference, max_abs_logit_diff, agreement}`` against the fp32 ``student``
                            over the whole evaluated split (agreement: share of identical predictions)
 ``retention``              score ÷ the teacher's score
@@ -40,6 +42,7 @@ from distill.report.entry import ModelEntry
 from distill.report.timing import size_on_disk_mb
 
 SPEED_KEYS = ("latency_ms", "latency_p90_ms", "throughput_eps", "threads")
+RUNTIME_KEYS = ("load_ms", "peak_memory_mb")  # measured by the producer of the entry (distill/export/memory.py)
 RATIO_KEYS = ("retention", "compression_params", "compression_size", "speedup_latency")
 
 
@@ -74,6 +77,7 @@ def make_row(entry: ModelEntry, task: TaskSpec, metrics: dict[str, float], speed
         "size_mb": size_on_disk_mb(entry.path) if entry.path is not None else None,
     }
     row.update({key: (speed or {}).get(key) for key in SPEED_KEYS})
+    row.update({key: entry.notes.get(key) for key in RUNTIME_KEYS})
     row["parity"] = parity
     row.update(dict.fromkeys(RATIO_KEYS))
     row["path"] = str(entry.path) if entry.path is not None else None

@@ -83,11 +83,12 @@ def test_executorch_int8_dynamic_shapes_in_runtime(student, tmp_path):
     assert max_diff(model, clf, batches) < 0.05 * max(scale, 1e-3)
     meta = json.loads(manifest_path(path).read_text())
     assert meta["format"] == "executorch" and meta["precision"] == "int8" and meta["seq_len"] == 32
-    assert [i["name"] for i in meta["inputs"]] == list(NAMES) and meta["inputs"][0]["shape"] == [
-        [1, 128],
-        [2, 32],
-    ]
+    assert [i["name"] for i in meta["inputs"]] == list(NAMES) and meta["inputs"][0]["shape"] == [1, [2, 32]]
     assert path.stat().st_size > 0
+    # the bundled program's 4 calibration examples, checked here by ExecuTorch against the PT2E reference
+    bundled = meta["bundled_program"]
+    assert bundled["cases"] == 4 and bundled["check_here"]["passed"] and bundled["atol"] == 5e-2
+    assert bundled["check_here"]["max_abs_diff"] <= bundled["atol"] + bundled["rtol"] * scale
 
 
 @pytest.mark.slow
@@ -123,6 +124,9 @@ def test_cli_litert_failed_parity_keeps_artifact_and_exits_1(monkeypatch, studen
     row = next(r for r in report["models"] if r["model"] == "student_litert_fp32")
     assert row["notes"]["parity_check"] == "failed" and row["runtime"] == "ai_edge_litert"
     assert row["latency_ms"] > 0 and row["score"] is not None
+    # load time and peak memory of the runtime, measured in a fresh process, in the row and the manifest
+    assert row["notes"]["load_ms"] > 0 and 0 < row["notes"]["peak_memory_mb"] < 1000
+    assert meta["runtime_memory"]["runtime"] == "ai_edge_litert" and meta["runtime_memory"]["threads"] == 1
 
 
 @pytest.mark.slow

@@ -68,3 +68,17 @@ def test_row_has_the_whole_schema_and_ratios_divide_by_the_teacher(tmp_path):
     # a callable without params_of, size or metrics: Nones, never a crash
     assert (o["runtime"], o["parameters"], o["size_mb"], o["score"], o["retention"]) == (None,) * 5
     assert add_ratios([dict(s, retention=None)], reference="teacher")[0]["retention"] is None  # no teacher row
+
+
+def test_runtime_load_time_and_memory_become_columns_only_when_measured(tmp_path):
+    from distill.report.render import columns
+
+    task = get_task("sst2")
+    measured = make_row(ModelEntry("student_executorch_int8", lambda **_: None, None,
+                                   notes={"load_ms": 111.0, "peak_memory_mb": 24.9}), task, {}, None, None)
+    plain = make_row(ModelEntry("student", lambda **_: None, None), task, {}, None, None)
+    assert (measured["load_ms"], measured["peak_memory_mb"]) == (111.0, 24.9)
+    assert (plain["load_ms"], plain["peak_memory_mb"]) == (None, None)
+    keys = lambda rows: [key for key, _, _ in columns({"models": rows})]  # noqa: E731
+    assert keys([plain, measured])[-2:] == ["load_ms", "peak_memory_mb"]
+    assert "load_ms" not in keys([plain])
