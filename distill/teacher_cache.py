@@ -295,8 +295,9 @@ def _record(folder: Path, dm, teacher, spec: CacheSpec, lengths: np.ndarray) -> 
     writer = _Writer(folder, lengths, spec, teacher)
     dataset, bs = dm.train_set(), int(getattr(dm, "eval_batch_size", 64))
     need_hidden, need_attn = bool(spec.hidden), bool(spec.attentions)
+    order = np.argsort(lengths, kind="stable")  # batches of similar length: little padding in the one teacher pass
     for start in range(0, len(dataset), bs):
-        idx = np.arange(start, min(start + bs, len(dataset)))
+        idx = order[start:start + bs]
         batch = dm.collate([dataset[int(i)] for i in idx])
         inputs = {k: batch[k].to(teacher.device) for k in MODEL_INPUTS if k in batch}
         out = teacher(**inputs, output_hidden_states=need_hidden, output_attentions=need_attn)
