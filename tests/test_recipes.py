@@ -23,6 +23,8 @@ RECIPES = {
     "minilm_sst2": ["phases.attention.max_epochs=1", "phases.prediction.max_epochs=1"],
     "tinybert_aug_sst2": [*GENERAL, "phases.intermediate.max_epochs=1", "augment.copies=2"],
     "mlm_distill": [*GENERAL, "student=distil"],
+    "mobilebert_sst2": ["student=mobilebert_tiny", "student.embedding_size=16", "student.intra_bottleneck_size=16",
+                        "student.intermediate_size=32", "~phases.layer5", "~phases.layer6"],
     "neuron_prune_sst2": ["student=distil", "phases.distill.max_epochs=1", "phases.recover.max_epochs=1",
                           "callbacks.neuron_pruning.calibration_batches=1"],
 }
