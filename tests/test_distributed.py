@@ -130,28 +130,6 @@ def test_slurm_launcher_composes_with_the_trainer_task_counts(tmp_path):
     assert cfg.trainer.strategy._target_ == "distill.distributed.DDPStrategy"
 
 
-BAD_SCALE = [
-    (["trainer.strategy=dpp"], "trainer.strategy='dpp' is not allowed; use auto, one of"),
-    (["trainer.devices=0"], "trainer.devices=0 must be a positive number of devices"),
-    (["trainer.devices=two"], "trainer.devices='two' must be a positive number of devices"),
-    (["trainer.num_nodes=0"], "trainer.num_nodes=0 must be a positive whole number of machines"),
-    (["trainer=fsdp", "trainer.accelerator=cpu"], "runs on CUDA GPUs only (Lightning's FSDP)"),
-]
-if not torch.cuda.is_available():
-    BAD_SCALE.append((["trainer=ddp"], "trainer.accelerator=gpu needs a CUDA GPU and this machine has none"))
-
-
-@pytest.mark.parametrize("overrides, message", BAD_SCALE, ids=[m[:24] for _, m in BAD_SCALE])
-def test_bad_scale_value_gives_one_sentence_and_exit_2(glue_dir, tiny_teacher, tmp_path, overrides, message,
-                                                       monkeypatch, capsys):
-    args = [*fast_overrides(glue_dir, tiny_teacher, tmp_path / "cache"), f"paths.log_dir={tmp_path}", *overrides]
-    code, err = _main_in_process(args, monkeypatch, capsys)
-    assert code == 2, err[-2000:]
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and message in lines[0], err[-2000:]
-    assert "Traceback" not in err and not list(tmp_path.glob("**/checkpoints"))
-
-
 def test_slurm_task_count_must_match_the_trainer(glue_dir, tiny_teacher, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
     monkeypatch.setenv("SLURM_JOB_NAME", "distill")

@@ -196,3 +196,13 @@ def test_recipe_mistakes_stop_before_any_training(make_cfg, tmp_path, overrides,
         run(make_cfg(*overrides))
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not list(Path(tmp_path).glob("**/*.ckpt")) and not (tmp_path / "run" / "general").exists()
+
+
+def test_a_phase_keeps_a_callback_of_its_own_but_changes_only_callbacks_the_run_has(make_cfg, tmp_path):
+    freeze = "{_target_: distill.freeze.FreezeBelow, layer: 1}"
+    cfg = make_cfg("experiment=minilm_sst2", "callbacks=none", f"+phases.attention.callbacks.freeze={freeze}",
+                   "+phases.attention.callbacks.model_checkpoint.save_top_k=0")
+    attention = phase_config(cfg, "attention", tmp_path)
+    assert attention.callbacks.freeze._target_ == "distill.freeze.FreezeBelow"  # its own: kept
+    assert "model_checkpoint" not in attention.callbacks  # a change to a callback the run does not have: dropped
+    assert not phase_config(cfg, "prediction", tmp_path).callbacks

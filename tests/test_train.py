@@ -145,7 +145,15 @@ BAD_INPUTS = [
     (["trainer.precision=16-mixed"], "trainer.precision=16-mixed needs a GPU"),
     (["compile.enabled=true", "compile.backend=fast"], "compile.backend='fast' is not a torch.compile backend"),
     (["compile.mode=turbo"], "compile.mode='turbo' is not allowed"),
+    # multi-process settings (#16)
+    (["trainer.strategy=dpp"], "trainer.strategy='dpp' is not allowed; use auto, one of"),
+    (["trainer.devices=0"], "trainer.devices=0 must be a positive number of devices"),
+    (["trainer.devices=two"], "trainer.devices='two' must be a positive number of devices"),
+    (["trainer.num_nodes=0"], "trainer.num_nodes=0 must be a positive whole number of machines"),
+    (["trainer=fsdp", "trainer.accelerator=cpu"], "runs on CUDA GPUs only (Lightning's FSDP)"),
 ]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append((["trainer=ddp"], "trainer.accelerator=gpu needs a CUDA GPU and this machine has none"))
 
 
 def _main_in_process(args, monkeypatch, capsys):

@@ -69,8 +69,11 @@ def phase_config(cfg: DictConfig, name: str, out_dir: Path) -> DictConfig:
         out.loss = node.loss
         for group in MERGED:
             change = node.get(group)
-            if group == "callbacks" and change is not None:  # only callbacks the run has (callbacks=none: none)
-                change = {k: v for k, v in change.items() if (out.callbacks or {}).get(k)} or None
+            if group == "callbacks" and change is not None:
+                # changes to the run's callbacks apply only where the run has them (callbacks=none: none); a
+                # complete callback of the phase's own (its _target_: freezing, pruning) is part of the recipe
+                change = {k: v for k, v in change.items()
+                          if (out.callbacks or {}).get(k) or (isinstance(v, DictConfig) and v.get("_target_"))} or None
             if change is not None:
                 out[group] = OmegaConf.merge(out[group], change)
         for field in ("max_epochs", "max_steps"):
