@@ -155,13 +155,24 @@ def _check_slurm_tasks(devices: Any, nodes: Any) -> None:
         raise ConfigError(f"trainer.num_nodes={nodes!r} must equal the SLURM job's nodes ({slurm_nodes}).")
 
 
-def check_pair(student, teacher, tokenizer) -> None:
-    """Refuse a student that can't learn from this teacher: vocabulary, tokenizer and label count must match."""
+def check_pair(student, teacher, tokenizer, student_tokenizer=None) -> None:
+    """Refuse a student that can't learn from this teacher: vocabulary, tokenizer and label count must match.
+
+    ``student_tokenizer``: the student's own tokenizer when it differs from the teacher's (``student.tokenizer``);
+    the vocabularies may then differ, and the student's must hold every id of its own tokenizer.
+    """
     s, t = student.config, teacher.config
-    if s.vocab_size != t.vocab_size:
+    if student_tokenizer is not None:
+        if len(student_tokenizer) > s.vocab_size:
+            raise ConfigError(
+                f"student.tokenizer has {len(student_tokenizer)} tokens but the student's vocabulary has "
+                f"{s.vocab_size}; build the student for its own tokenizer (a student preset with student.tokenizer "
+                f"set) or use a tokenizer of the student's checkpoint."
+            )
+    elif s.vocab_size != t.vocab_size:
         raise ConfigError(
             f"student vocabulary ({s.vocab_size} tokens) does not match the teacher's ({t.vocab_size}); "
-            f"the student must use the teacher's tokenizer."
+            f"the student must use the teacher's tokenizer (or name its own with student.tokenizer)."
         )
     if len(tokenizer) > t.vocab_size:
         raise ConfigError(

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from transformers import PreTrainedModel
 
+from distill.data.glue import STUDENT_PREFIX
 from distill.data.tasks import TaskSpec
 from distill.errors import TrainingError
 from distill.losses import DistillationObjective, HardLabelLoss
@@ -47,7 +48,11 @@ class TaskModule(L.LightningModule):
         self.val_metrics = build_metrics(task).clone(prefix="val/")
 
     # ---- forward -------------------------------------------------------------------------------
-    def _inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _inputs(self, batch: dict[str, torch.Tensor], student: bool = True) -> dict[str, torch.Tensor]:
+        """The model inputs of ``batch``: the student's own (``student_*``, when its tokenizer differs from the
+        teacher's) for the student, the usual keys (the teacher's tokens) otherwise and for the teacher."""
+        if student and STUDENT_PREFIX + "input_ids" in batch:
+            return {k: batch[STUDENT_PREFIX + k] for k in MODEL_INPUTS if STUDENT_PREFIX + k in batch}
         return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
     def compile_student(self, backend: str = "inductor", mode: str | None = None, dynamic: bool | None = True) -> None:
@@ -167,7 +172,7 @@ class DistillationModule(TaskModule):
             return self.teacher_outputs.replay(batch)
         need = self.objective.requires
         return self.teacher(
-            **self._inputs(batch),
+            **self._inputs(batch, student=False),
             output_hidden_states="hidden_states" in need,
             output_attentions="attentions" in need,
         )

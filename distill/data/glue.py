@@ -18,6 +18,9 @@ from distill.data.tsv import read_glue_tsv, task_file
 from distill.errors import ConfigError
 
 SPLITS = {"train": "train", "dev": "validation"}
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# batches carry the student's own inputs under these keys when its tokenizer differs from the teacher's
+STUDENT_PREFIX = "student_"
 SOURCES = ("auto", "local", "hub")
 PADDING = ("longest", "max_length")
 
@@ -27,6 +30,9 @@ class GLUEDataModule(L.LightningDataModule):
 
     Batches are dicts of ``input_ids``/``attention_mask``/``token_type_ids`` (B, T) int64, padded to the
     longest example of the batch, and ``labels`` (B,) int64 (classification) or float32 (regression).
+    With a student tokenizer that differs from the teacher's (:meth:`use_student_tokenizer`) every example is
+    tokenized by both and batches also carry ``student_input_ids`` / ``student_attention_mask`` [/
+    ``student_token_type_ids``] (B, T_s), padded on their own; the usual keys stay the teacher's.
 
     Args:
         task: GLUE task name (``sst2``, ``cola``, ``mrpc``, ``rte``, ``stsb``).
@@ -90,6 +96,7 @@ class GLUEDataModule(L.LightningDataModule):
         self.sampler, self.pin_memory, self.padding = sampler, pin_memory, padding
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._student_tokenizer: PreTrainedTokenizerBase | None = None
         self.datasets: dict[str, Any] = {}
 
     # ---- properties used by the pipeline -------------------------------------------------------
@@ -108,6 +115,23 @@ class GLUEDataModule(L.LightningDataModule):
                 raise ConfigError("data.tokenizer is not set; the pipeline sets it to the teacher's tokenizer.")
             self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name)
         return self._tokenizer
+
+    @property
+    def student_tokenizer(self) -> PreTrainedTokenizerBase | None:
+        """The student's own tokenizer when it differs from the teacher's; None: the student reads the teacher's inputs."""
+        return self._student_tokenizer
+
+    def use_student_tokenizer(self, name: str | None) -> PreTrainedTokenizerBase | None:
+        """Tokenize for the student with ``name`` (``student.tokenizer``) too; returns it when it tokenizes
+        differently from the teacher's tokenizer (the splits are then tokenized again, by both), else None and
+        batches stay exactly as without it."""
+        student = None if name is None else load_tokenizer(name, "student.tokenizer")
+        if student is not None and same_tokenization(student, self.tokenizer):
+            student = None
+        if student is not None or self._student_tokenizer is not None:
+            self.datasets = {}  # tokenized again (by both tokenizers, or by the teacher's alone)
+        self._student_tokenizer = student
+        return student
 
     def check_files(self) -> None:
         """Raise ``DataError`` now if a local split file is missing (cheap; called before heavy work)."""
@@ -131,9 +155,12 @@ class GLUEDataModule(L.LightningDataModule):
     def _cache_file(self, split: str, n: int | None) -> str | None:
         if self.cache_dir is None:
             return None
-        vocab = json.dumps(sorted(self.tokenizer.get_vocab().items())[:: max(1, len(self.tokenizer) // 512)])
-        key = json.dumps([self.spec.name, split, self.source, str(self.data_dir), self.tokenizer_name,
-                          hashlib.sha1(vocab.encode()).hexdigest(), self.max_length, n, self.subset_seed])
+        parts = [self.spec.name, split, self.source, str(self.data_dir), self.tokenizer_name,
+                 _vocab_digest(self.tokenizer), self.max_length, n, self.subset_seed]
+        if self._student_tokenizer is not None:  # only then: the cache entries of one-tokenizer runs keep their keys
+            parts.append(["student", _vocab_digest(self._student_tokenizer, full=True),
+                          _pipeline(self._student_tokenizer)])
+        key = json.dumps(parts)
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         path = self.cache_dir / "tokenized" / f"{self.spec.name}-{split}-{digest}.arrow"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,13 +173,16 @@ class GLUEDataModule(L.LightningDataModule):
         raw = datasets.Dataset.from_dict(self._raw_split(split))
         if limit is not None and limit < len(raw):
             raw = raw.shuffle(seed=self.subset_seed).select(range(limit))
-        tok, max_length = self.tokenizer, self.max_length
+        tok, student, max_length = self.tokenizer, self._student_tokenizer, self.max_length
         pair = "text_b" in raw.column_names
 
         # the closure must not capture self: datasets pickles it for its fingerprint, and self holds the trainer
         def encode(batch: dict[str, list]) -> dict[str, list]:
             args = (batch["text_a"], batch["text_b"]) if pair else (batch["text_a"],)
             enc = tok(*args, truncation=True, max_length=max_length)
+            if student is not None:  # the student's own tokens, side by side with the teacher's
+                for key, value in student(*args, truncation=True, max_length=max_length).items():
+                    enc[STUDENT_PREFIX + key] = value
             enc["labels"] = batch["label"]
             return enc
 
@@ -192,9 +222,18 @@ class GLUEDataModule(L.LightningDataModule):
         return f"{target}{sorted(getattr(self.sampler, 'keywords', {}).items())}"
 
     # ---- loaders -------------------------------------------------------------------------------
+    def _pad(self, tokenizer: PreTrainedTokenizerBase, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return DataCollatorWithPadding(tokenizer, padding=self.padding, max_length=self.max_length,
+                                       return_tensors="pt")(features)
+
     def _collate(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        batch = DataCollatorWithPadding(self.tokenizer, padding=self.padding, max_length=self.max_length,
-                                        return_tensors="pt")(features)
+        student = None
+        if self._student_tokenizer is not None:  # each side padded with its own tokenizer (pad ids, lengths differ)
+            student = [{k[len(STUDENT_PREFIX):]: v for k, v in f.items() if k.startswith(STUDENT_PREFIX)} for f in features]
+            features = [{k: v for k, v in f.items() if not k.startswith(STUDENT_PREFIX)} for f in features]
+        batch = self._pad(self.tokenizer, features)
+        if student is not None:
+            batch.update({STUDENT_PREFIX + k: v for k, v in self._pad(self._student_tokenizer, student).items()})
         batch["labels"] = batch["labels"].float() if self.is_regression else batch["labels"].long()
         return batch
 
@@ -211,3 +250,41 @@ class GLUEDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+
+# ---- tokenizers -------------------------------------------------------------------------------
+def load_tokenizer(name: str, key: str) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained(name)``; a folder or hub id without a tokenizer is one sentence naming ``key``."""
+    try:
+        return AutoTokenizer.from_pretrained(str(name))
+    except (OSError, ValueError, TypeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ConfigError(f"{key}={name!r} is not a tokenizer folder or hub id ({reason}).") from None
+
+
+def _pipeline(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return {"class": type(tokenizer).__name__, "lower": getattr(tokenizer, "do_lower_case", None)}
+    spec = json.loads(backend.to_str())
+    return {part: spec.get(part) for part in ("normalizer", "pre_tokenizer", "post_processor")}
+
+
+def same_tokenization(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    """True when ``a`` and ``b`` turn every text into the same ids: one vocabulary and one normalisation."""
+    return a.get_vocab() == b.get_vocab() and _pipeline(a) == _pipeline(b)
+
+
+def _vocab_digest(tokenizer: PreTrainedTokenizerBase, full: bool = False) -> str:
+    items = sorted(tokenizer.get_vocab().items())
+    vocab = json.dumps(items if full else items[:: max(1, len(tokenizer) // 512)])
+    return hashlib.sha1(vocab.encode()).hexdigest()
+
+
+def student_view(batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` as the student reads it: its own inputs (``student_*``) under the usual keys, labels kept; a
+    batch without student inputs is returned as is."""
+    if STUDENT_PREFIX + "input_ids" not in batch:
+        return batch
+    rest = {k: v for k, v in batch.items() if k not in MODEL_INPUTS and not k.startswith(STUDENT_PREFIX)}
+    return {**rest, **{k[len(STUDENT_PREFIX):]: v for k, v in batch.items() if k.startswith(STUDENT_PREFIX)}}

@@ -1,21 +1,28 @@
-"""Student builders: BERT-style students that share the teacher's tokenizer and vocabulary.
+"""Student builders: BERT-style students over the teacher's tokenizer and vocabulary, or over their own.
 
 Every builder takes the (loaded) teacher first and returns a Hugging Face
 ``AutoModelForSequenceClassification`` model, so a student saves with ``save_pretrained`` and loads in
-plain ``transformers``. Config presets in ``conf/student/`` pick a builder through ``_target_``.
+plain ``transformers``. Config presets in ``conf/student/`` pick a builder through ``_target_``. Builders
+wrapped by :func:`own_tokenizer` also take ``tokenizer`` (``student.tokenizer``; null: the teacher's): a
+tokenizer with another vocabulary gets the student a word table of its own (see :func:`adopt_vocabulary`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+import functools
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 from distill.console import quiet_load
+from distill.data.glue import load_tokenizer
 from distill.errors import ConfigError
+
+log = logging.getLogger("distill")
 
 
 def _student_config(teacher: PreTrainedModel, **geometry):
@@ -28,6 +35,73 @@ def _student_config(teacher: PreTrainedModel, **geometry):
 EMBEDDING_INITS = ("random", "teacher_pca")
 
 
+def _teacher_vocab(teacher: PreTrainedModel) -> dict[str, int] | None:
+    """The teacher's vocabulary (piece -> id) from the tokenizer saved beside it; None when there is none."""
+    name = getattr(teacher, "name_or_path", "") or getattr(teacher.config, "_name_or_path", "")
+    if not name:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name).get_vocab()
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+@torch.no_grad()
+def adopt_vocabulary(student: PreTrainedModel, teacher: PreTrainedModel, tokenizer: Any) -> PreTrainedModel:
+    """Give ``student`` (built over the teacher's vocabulary) the word table of ``tokenizer``'s vocabulary.
+
+    Nothing changes when ``tokenizer`` has the teacher's vocabulary. Otherwise the word-embedding table gets
+    ``len(tokenizer)`` rows (or one past its largest id): a word piece the teacher's vocabulary also has keeps the student's row for it (the
+    teacher's own, or its PCA projection, or a random row, as the builder made it), every other row is drawn
+    from N(0, initializer_range²) like Hugging Face's init; ``config.vocab_size`` and ``pad_token_id`` follow.
+    """
+    vocab, teacher_vocab = tokenizer.get_vocab(), _teacher_vocab(teacher)
+    if teacher_vocab is not None and vocab == teacher_vocab:
+        return student
+    old = student.get_input_embeddings()  # (V_t, E)
+    rows, width = max(len(tokenizer), max(vocab.values(), default=-1) + 1), old.weight.shape[1]
+    pad = tokenizer.pad_token_id
+    new = torch.nn.Embedding(rows, width, padding_idx=pad, device=old.weight.device, dtype=old.weight.dtype)
+    shared = 0
+    if old.weight.device.type != "meta":
+        new.weight.normal_(0.0, getattr(student.config, "initializer_range", 0.02))
+        if teacher_vocab is None:
+            log.warning("student.tokenizer: the teacher has no saved tokenizer, so no word-embedding rows are shared.")
+        pairs = [(i, teacher_vocab[p]) for p, i in vocab.items()
+                 if teacher_vocab is not None and p in teacher_vocab and teacher_vocab[p] < old.weight.shape[0]
+                 and i < rows]
+        if pairs:
+            to, src = (torch.tensor(x, dtype=torch.long) for x in zip(*pairs, strict=True))
+            new.weight[to] = old.weight[src]
+            shared = len(pairs)
+        log.info("student.tokenizer: %d of %d word pieces share the teacher's rows, the rest start random.", shared, rows)
+    student.set_input_embeddings(new)
+    student.config.vocab_size = rows
+    if pad is not None:
+        student.config.pad_token_id = pad
+        embeddings = getattr(student.base_model, "embeddings", None)
+        if embeddings is not None and hasattr(embeddings, "padding_idx"):  # RoBERTa's positions count from it
+            embeddings.padding_idx = pad
+    return student
+
+
+def own_tokenizer(builder: Callable[..., PreTrainedModel]) -> Callable[..., PreTrainedModel]:
+    """``builder`` that also takes ``tokenizer`` (a tokenizer folder or hub id; None: the teacher's): the student
+    is built as ``builder`` builds it, then given the tokenizer's vocabulary by :func:`adopt_vocabulary`."""
+
+    @functools.wraps(builder)
+    def build(teacher: PreTrainedModel, *args: Any, tokenizer: str | None = None, **kwargs: Any) -> PreTrainedModel:
+        student = builder(teacher, *args, **kwargs)
+        if tokenizer is None:
+            return student
+        return adopt_vocabulary(student, teacher, load_tokenizer(tokenizer, "student.tokenizer"))
+
+    return build
+
+
+@own_tokenizer
 def bert_student(
     teacher: PreTrainedModel,
     num_hidden_layers: int,
@@ -106,6 +180,7 @@ def init_embeddings_from_teacher(student: PreTrainedModel, teacher: PreTrainedMo
     return proj.to(s_emb.weight.dtype)
 
 
+@own_tokenizer
 def distil_student(
     teacher: PreTrainedModel, layer_stride: int = 2, attn_implementation: str | None = None
 ) -> PreTrainedModel:
@@ -140,6 +215,7 @@ def distil_student(
     return student
 
 
+@own_tokenizer
 def pruned_student(
     teacher: PreTrainedModel,
     num_hidden_layers: int | None = None,
@@ -185,9 +261,13 @@ def pruned_student(
 
 
 def pretrained_student(
-    teacher: PreTrainedModel, name_or_path: str, attn_implementation: str | None = None
+    teacher: PreTrainedModel, name_or_path: str, attn_implementation: str | None = None, tokenizer: str | None = None
 ) -> PreTrainedModel:
-    """A student loaded from a checkpoint (e.g. a general-distilled student or a hub model)."""
+    """A student loaded from a checkpoint (e.g. a general-distilled student or a hub model).
+
+    ``tokenizer`` (``student.tokenizer``): the checkpoint's own tokenizer when its vocabulary is not the
+    teacher's (e.g. ``${student.name_or_path}``); the checkpoint's word table is kept as it is (its rows are
+    already that tokenizer's), and ``check_pair`` checks that the tokenizer's ids fit it."""
     config = AutoConfig.from_pretrained(name_or_path)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with quiet_load():  # a general student gets the task's (new or resized) head

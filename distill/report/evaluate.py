@@ -1,7 +1,8 @@
 """One evaluator for every model kind (torch fp32, torch int8, ONNX, ...): logits once, then metrics and parity.
 
 Batches are the GLUE datamodule's dicts: ``input_ids`` / ``attention_mask`` [/ ``token_type_ids``] (B, T)
-int64 and ``labels`` (B,) (int64 classes, float32 scores for STS-B). The task metrics are updated batch by
+int64 and ``labels`` (B,) (int64 classes, float32 scores for STS-B); a model marked by :func:`reads_student_inputs`
+reads the batch's ``student_*`` inputs instead when it has them (a student with its own tokenizer). The task metrics are updated batch by
 batch exactly as ``TaskModule.validation_step`` does, so the values equal ``trainer.validate``'s.
 """
 
@@ -14,15 +15,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.data.glue import student_view
 from distill.data.tasks import TaskSpec
 from distill.metrics import build_metrics, predictions
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 LABEL_KEYS = ("labels", "label")
+STUDENT_INPUTS = "distill_reads_student_inputs"
+
+
+def reads_student_inputs(model: Any) -> Any:
+    """Mark ``model`` (a module or a runtime callable made from the student) as one that reads the student's
+    own inputs (``student_*`` keys) of batches that carry them; returns ``model``."""
+    if model is not None:
+        setattr(model, STUDENT_INPUTS, True)
+    return model
 
 
 def model_inputs(model: nn.Module | Any, batch: Mapping[str, Any]) -> dict[str, Any]:
-    """The token inputs of ``batch`` that ``model`` takes (a module: those its ``forward`` names)."""
+    """The token inputs of ``batch`` that ``model`` takes (a module: those its ``forward`` names); the student's
+    own inputs for a model marked by :func:`reads_student_inputs`."""
+    if getattr(model, STUDENT_INPUTS, False):
+        batch = student_view(batch)
     names = INPUT_NAMES
     if isinstance(model, nn.Module):
         params = inspect.signature(model.forward).parameters
