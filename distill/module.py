@@ -11,12 +11,10 @@ import torch
 from transformers import PreTrainedModel
 
 from distill.data.glue import STUDENT_PREFIX
-from distill.data.tasks import TaskSpec
+from distill.data.tasks import MODEL_INPUTS, TaskSpec
 from distill.errors import TrainingError
 from distill.losses import DistillationObjective, HardLabelLoss
 from distill.metrics import build_metrics, predictions
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 # The frozen teacher sits in eval mode on purpose (no dropout); Lightning's generic notice about modules in
 # eval mode at the start of fit would send users looking for a problem that is not there.

@@ -37,12 +37,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from distill.data.tasks import MODEL_INPUTS
 from distill.errors import ConfigError
 from distill.losses.capture import HookedTerm
 
 log = logging.getLogger("distill")
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DTYPES = {"float16": np.float16, "float32": np.float32}
 TAILS = ("bucket", "renormalize")
 META = "meta.json"
@@ -165,11 +165,11 @@ class _Writer:
             self.lse = mm(folder / "logsumexp.npy", "w+", np.float32, (n,))
         else:
             self.logits = mm(folder / "logits.npy", "w+", np.float32, (n, cfg.num_labels))
-        self.hidden = {l: mm(folder / f"hidden_{l}.npy", "w+", dtype, (tokens, cfg.hidden_size)) for l in spec.hidden}
+        self.hidden = {layer: mm(folder / f"hidden_{layer}.npy", "w+", dtype, (tokens, cfg.hidden_size)) for layer in spec.hidden}
         self.captures = {c: mm(folder / f"capture_{c[0]}_{c[1]}.npy", "w+", dtype, (tokens, spec.widths[c]))
                          for c in spec.captures}
-        self.attn = {l: mm(folder / f"attention_{l}.npy", "w+", dtype, (int(self.attn_offsets[-1]),))
-                     for l in spec.attentions}
+        self.attn = {layer: mm(folder / f"attention_{layer}.npy", "w+", dtype, (int(self.attn_offsets[-1]),))
+                     for layer in spec.attentions}
 
     def write(self, idx: np.ndarray, out, captured: dict, lengths: np.ndarray) -> None:
         logits = out.logits.float()  # (B, C)
@@ -228,9 +228,9 @@ class TeacherOutputs:
             self.values, self.indices, self.lse = load("topk_values.npy"), load("topk_indices.npy"), load("logsumexp.npy")
         else:
             self.logits = load("logits.npy")
-        self.hidden = {l: load(f"hidden_{l}.npy") for l in spec.hidden}
+        self.hidden = {layer: load(f"hidden_{layer}.npy") for layer in spec.hidden}
         self.captures = {c: load(f"capture_{c[0]}_{c[1]}.npy") for c in spec.captures}
-        self.attn = {l: load(f"attention_{l}.npy") for l in spec.attentions}
+        self.attn = {layer: load(f"attention_{layer}.npy") for layer in spec.attentions}
         lengths = np.diff(self.offsets)
         self.attn_offsets = np.concatenate([[0], np.cumsum(lengths.astype(np.int64) ** 2)])
 
@@ -265,12 +265,12 @@ class TeacherOutputs:
             logits = torch.from_numpy(np.asarray(self.logits[idx]))
         hidden = None
         if self.hidden:
-            hidden = tuple(self._tokens(self.hidden[l], idx, width).to(device) if l in self.hidden else None
-                           for l in range(self.depth + 1))
+            hidden = tuple(self._tokens(self.hidden[layer], idx, width).to(device) if layer in self.hidden else None
+                           for layer in range(self.depth + 1))
         attentions = None
         if self.attn:
-            attentions = tuple(self._attention(self.attn[l], idx, width, self.heads).to(device) if l in self.attn
-                               else None for l in range(1, self.depth + 1))
+            attentions = tuple(self._attention(self.attn[layer], idx, width, self.heads).to(device) if layer in self.attn
+                               else None for layer in range(1, self.depth + 1))
         captured = {key: self._tokens(arr, idx, width).to(device) for key, arr in self.captures.items()}
         for term in self.spec.hooked:
             for key in term.teacher_capture.keys():

@@ -13,12 +13,12 @@ from omegaconf import OmegaConf
 from distill import teacher_cache as tc
 from distill.blocks import build_objective
 from distill.data.glue import GLUEDataModule
+from distill.data.tasks import get_task
 from distill.data.text import TextDataModule
 from distill.errors import ConfigError
 from distill.kernels.softmax_kl import softmax_kl
 from distill.models.student import bert_student
 from distill.models.teacher import load_classifier
-from distill.data.tasks import get_task
 
 LOSS = {
     "_target_": "distill.losses.DistillationObjective",

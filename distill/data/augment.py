@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from distill.data.tasks import MODEL_INPUTS
 from distill.errors import ConfigError
 from distill.models.teacher import publish_dir
 
@@ -118,7 +119,7 @@ def augment_rows(rows: dict[str, list], table: torch.Tensor, replaceable: torch.
 def teacher_labels(teacher, rows: dict[str, list], tokenizer, batch_size: int, regression: bool) -> list:
     """The teacher's argmax class (or score, for regression) for each row of token lists."""
     teacher.eval()
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in rows]
+    keys = [k for k in MODEL_INPUTS if k in rows]
     labels: list = []
     for start in range(0, len(rows["input_ids"]), batch_size):
         feats = [{k: rows[k][i] for k in keys} for i in range(start, min(start + batch_size, len(rows["input_ids"])))]

@@ -13,12 +13,11 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from distill.data.sampling import train_loader
-from distill.data.tasks import HUB_TEXT_COLUMNS, TaskSpec, get_task
+from distill.data.tasks import HUB_TEXT_COLUMNS, MODEL_INPUTS, TaskSpec, get_task
 from distill.data.tsv import read_glue_tsv, task_file
 from distill.errors import ConfigError
 
 SPLITS = {"train": "train", "dev": "validation"}
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # batches carry the student's own inputs under these keys when its tokenizer differs from the teacher's
 STUDENT_PREFIX = "student_"
 SOURCES = ("auto", "local", "hub")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# the tokenizer outputs a BERT-family model takes (each present or not): every batch, export and report reads these
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
 
 @dataclass(frozen=True)
 class TaskSpec:

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+from distill.data.tasks import MODEL_INPUTS
+
+INPUT_NAMES = MODEL_INPUTS
 
 
 def model_input_names(model: nn.Module) -> tuple[str, ...]:

@@ -15,8 +15,8 @@ from distill.checkpoint import find_resume_checkpoint, replace_atomically, run_s
 from distill.config import build
 from distill.data.tasks import get_task
 from distill.module import DistillationModule
-from distill.prune.neuron import match_ffn_widths
 from distill.phases.plan import Phase, check_attention, phase_objective
+from distill.prune.neuron import match_ffn_widths
 from distill.teacher_cache import prepare_teacher_outputs
 
 log = logging.getLogger("distill")

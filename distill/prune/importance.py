@@ -23,10 +23,10 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from distill.data.tasks import MODEL_INPUTS
 from distill.errors import ConfigError
 
 IMPORTANCES = ("activation", "taylor")
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass

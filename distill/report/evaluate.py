@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from distill.data.glue import student_view
-from distill.data.tasks import TaskSpec
+from distill.data.tasks import MODEL_INPUTS, TaskSpec
 from distill.metrics import build_metrics, predictions
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+INPUT_NAMES = MODEL_INPUTS
 LABEL_KEYS = ("labels", "label")
 STUDENT_INPUTS = "distill_reads_student_inputs"
 
