@@ -151,6 +151,8 @@ BAD_INPUTS = [
     (["trainer.devices=two"], "trainer.devices='two' must be a positive number of devices"),
     (["trainer.num_nodes=0"], "trainer.num_nodes=0 must be a positive whole number of machines"),
     (["trainer=fsdp", "trainer.accelerator=cpu"], "runs on CUDA GPUs only (Lightning's FSDP)"),
+    # vocabulary trimming during training (#15)
+    (["student.trim_vocab=yes please"], "student.trim_vocab='yes please' must be true or false"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["trainer=ddp"], "trainer.accelerator=gpu needs a CUDA GPU and this machine has none"))

@@ -165,6 +165,12 @@ class GLUEDataModule(L.LightningDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         return str(path)
 
+    def texts(self, split: str) -> list:
+        """The untokenized examples of the whole ``split`` (``train`` or ``dev``): texts, or ``(text_a, text_b)``
+        pairs; e.g. the corpus a student's vocabulary is trimmed to (``student.trim_vocab``)."""
+        raw = self._raw_split(split)
+        return list(zip(raw["text_a"], raw["text_b"], strict=True)) if "text_b" in raw else list(raw["text_a"])
+
     def load_split(self, split: str, limit: int | None = None):
         """Tokenized ``datasets.Dataset`` of ``split`` (``train`` or ``dev``), cached on disk by content key."""
         import datasets

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 from distill.console import quiet_load
 from distill.data.glue import load_tokenizer
 from distill.errors import ConfigError
+from distill.models.trim_student import trim_to
 
 log = logging.getLogger("distill")
 
@@ -89,11 +90,23 @@ def adopt_vocabulary(student: PreTrainedModel, teacher: PreTrainedModel, tokeniz
 
 def own_tokenizer(builder: Callable[..., PreTrainedModel]) -> Callable[..., PreTrainedModel]:
     """``builder`` that also takes ``tokenizer`` (a tokenizer folder or hub id; None: the teacher's): the student
-    is built as ``builder`` builds it, then given the tokenizer's vocabulary by :func:`adopt_vocabulary`."""
+    is built as ``builder`` builds it, then given the tokenizer's vocabulary by :func:`adopt_vocabulary`.
+
+    ``trim_vocab=True`` (``student.trim_vocab``): ``tokenizer`` is the teacher's trimmed one that the distill
+    stage made (:func:`distill.models.trim_student.with_trimmed_vocabulary`), and the student keeps exactly the
+    rows of its kept ids (:func:`distill.models.trim_student.trim_to`)."""
 
     @functools.wraps(builder)
-    def build(teacher: PreTrainedModel, *args: Any, tokenizer: str | None = None, **kwargs: Any) -> PreTrainedModel:
+    def build(teacher: PreTrainedModel, *args: Any, tokenizer: str | None = None, trim_vocab: bool = False,
+              **kwargs: Any) -> PreTrainedModel:
+        if not isinstance(trim_vocab, bool):
+            raise ConfigError(f"student.trim_vocab={trim_vocab!r} must be true or false.")
+        if trim_vocab and tokenizer is None:
+            raise ConfigError("student.trim_vocab=true needs the trimmed tokenizer as student.tokenizer; the distill "
+                              "stage makes it from the task's training set.")
         student = builder(teacher, *args, **kwargs)
+        if trim_vocab:
+            return trim_to(student, tokenizer)
         if tokenizer is None:
             return student
         return adopt_vocabulary(student, teacher, load_tokenizer(tokenizer, "student.tokenizer"))

@@ -132,6 +132,47 @@ def _shrink_embeddings(model: PreTrainedModel, kept: torch.Tensor, pad_id: int |
             head.bias = new_out.bias  # BERT's MLM head keeps the decoder bias as its own attribute too
 
 
+def kept_pieces(tokenizer: PreTrainedTokenizerBase, corpus: Corpus, keep_tokens: Iterable[str] = ()) -> tuple[list[int], int]:
+    """The old ids to keep (ascending): every piece ``corpus`` uses, every special token and ``keep_tokens``;
+    and the corpus's number of examples."""
+    check_wordpiece(tokenizer)
+    used, n = corpus_ids(tokenizer, corpus)
+    if not used:
+        raise ConfigError("the corpus to trim the vocabulary to is empty; give the task's training texts or ids.")
+    vocab = tokenizer.get_vocab()
+    extra = {vocab[t] for t in [*tokenizer.all_special_tokens, *keep_tokens] if t in vocab}
+    return sorted(used | extra), n
+
+
+def trimmed_tokenizer(tokenizer: PreTrainedTokenizerBase, kept: Sequence[int]) -> BertTokenizerFast:
+    """``tokenizer`` over the ``kept`` old ids only (new id = position in ``kept``), same text pipeline."""
+    check_wordpiece(tokenizer)
+    return _new_tokenizer(tokenizer, list(kept))
+
+
+def _check_ids(kept: Sequence[int], old_size: int) -> None:
+    unknown = [i for i in kept if not 0 <= i < old_size]
+    if unknown:
+        raise ConfigError(f"the corpus has token id {unknown[0]} outside the model's vocabulary of {old_size}; "
+                          "tokenize it with the model's own tokenizer.")
+
+
+def shrink_to(model: PreTrainedModel, kept: Sequence[int], new_tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """Keep rows ``kept`` (old ids, ascending) of ``model``'s word table and output layer, in place, so that it
+    reads ``new_tokenizer``'s ids (new id ``j`` = old id ``kept[j]``); the config's vocabulary size and special
+    token ids follow. Returns ``model``."""
+    _check_ids(kept, model.get_input_embeddings().num_embeddings)
+    _shrink_embeddings(model, torch.tensor(list(kept), dtype=torch.long), new_tokenizer.pad_token_id)
+    config = model.config
+    config.vocab_size = len(kept)
+    remap = {old: new for new, old in enumerate(kept)}
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id", "unk_token_id"):
+        old = getattr(config, key, None)
+        if isinstance(old, int):
+            setattr(config, key, remap.get(old, new_tokenizer.unk_token_id))
+    return model
+
+
 def trim_vocabulary(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -148,27 +189,11 @@ def trim_vocabulary(
 
     Returns ``(model, new_tokenizer, info)``; new id ``j`` is old id ``info.kept_ids[j]``.
     """
-    check_wordpiece(tokenizer)
-    used, n = corpus_ids(tokenizer, corpus)
-    if not used:
-        raise ConfigError("the corpus to trim the vocabulary to is empty; give the task's training texts or ids.")
-    vocab = tokenizer.get_vocab()
+    kept, n = kept_pieces(tokenizer, corpus, keep_tokens)
     old_size = model.get_input_embeddings().num_embeddings
-    extra = {vocab[t] for t in [*tokenizer.all_special_tokens, *keep_tokens] if t in vocab}
-    unknown = sorted(i for i in used if not 0 <= i < old_size)
-    if unknown:
-        raise ConfigError(f"the corpus has token id {unknown[0]} outside the model's vocabulary of {old_size}; "
-                          "tokenize it with the model's own tokenizer.")
-    kept = sorted(used | extra)
+    _check_ids(kept, old_size)
     new_tokenizer = _new_tokenizer(tokenizer, kept)
-    _shrink_embeddings(model, torch.tensor(kept), new_tokenizer.pad_token_id)
-    config = model.config
-    config.vocab_size = len(kept)
-    remap = {old: new for new, old in enumerate(kept)}
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id", "unk_token_id"):
-        old = getattr(config, key, None)
-        if isinstance(old, int):
-            setattr(config, key, remap.get(old, new_tokenizer.unk_token_id))
+    shrink_to(model, kept, new_tokenizer)
     return model, new_tokenizer, TrimInfo(tuple(kept), old_size, len(kept), n)
 
 
@@ -189,6 +214,10 @@ def oov_stats(tokenizer: PreTrainedTokenizerBase, kept_ids: Iterable[int], texts
         "oov_examples": sum(d > 0 for d in dropped),
         "oov_tokens": sum(dropped),
     }
+    if tokenizer.unk_token_id is not None:  # what the original tokenizer itself maps to [UNK] (not trimming's doing)
+        own = [sum(i == tokenizer.unk_token_id for i in ids) for ids in old]
+        out["unk_examples_before"] = sum(u > 0 for u in own)
+        out["unk_tokens_before"] = sum(own)
     if new_tokenizer is not None:
         unk = new_tokenizer.unk_token_id
         new = new_tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.checkpoint import replace_atomically
+from distill.report.vocab import vocab_trim_line
 
 
 def columns(report: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -88,9 +89,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Report: {report.get('task', '?')} ({split}{examples})", "", _settings_line(report), "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
              *("| " + " | ".join(cells) + " |" for cells in body)]
-    parity = _parity_line(report)
-    if parity:
-        lines += ["", parity]
+    for extra in (_parity_line(report), vocab_trim_line(report)):
+        if extra:
+            lines += ["", extra]
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ from distill.errors import ConfigError
 from distill.losses.mlm import MaskedLMLoss, MaskedSoftKL
 from distill.models.student import pretrained_student
 from distill.models.teacher import load_classifier, load_config
+from distill.models.trim_student import trim_notes, with_trimmed_vocabulary
 from distill.phases import adopt_previous_run, fit_task_phases, plan_phases, run_general_phase
 from distill.phases.plan import model_configs, phase_objective
 from distill.quant import is_qat_prepared, strip_fake_quant
@@ -36,24 +37,33 @@ ALIGNED_TERMS = (MaskedSoftKL, MaskedLMLoss)  # per-token vocabulary distributio
 def student_tokenizer_differs(cfg: DictConfig, teacher_name: str, phases) -> bool:
     """Whether ``student.tokenizer`` tokenizes differently from the teacher; if so, every setting that needs one
     token sequence for both (hidden-state / attention / MLM terms, augmentation, general phases) stops here
-    with one sentence, before any work."""
+    with one sentence, before any work. A trimmed vocabulary (``student.trim_vocab``) splits every training
+    sentence into the teacher's very pieces, so hidden-state and attention terms stay allowed with it."""
     name = cfg.student.get("tokenizer")
     if name is None or same_tokenization(load_tokenizer(name, "student.tokenizer"),
                                          load_tokenizer(teacher_name, "teacher.name_or_path")):
         return False
-    reason = "but student.tokenizer differs from the teacher's"
+    trimmed = cfg.student.get("trim_vocab") is True  # aligned sequences, other vocabulary
+    reason = ("but student.trim_vocab=true gives the student another vocabulary" if trimmed
+              else "but student.tokenizer differs from the teacher's")
+    instead = "set student.trim_vocab=false" if trimmed else "use the teacher's tokenizer"
     if cfg.augment.enabled:
         raise ConfigError(f"augment.enabled=true swaps the teacher's word pieces, {reason}; turn augmentation off "
-                          "or use the teacher's tokenizer.")
+                          f"or {instead}.")
     configs = model_configs(cfg.student, teacher_name)
     for phase in phases:
         if phase.own_models:
             raise ConfigError(f"{phase.key} (general distillation) trains on its teacher's tokens, {reason}; drop "
-                              "the phase or use the teacher's tokenizer.")
+                              f"the phase or {instead}.")
         parts = phase_objective(phase, *configs).parts if configs is not None else {}
         for name, term in parts.items():
+            key = f"{phase.key}.{'' if name in ('soft', 'hard') else 'terms.'}{name}"
+            if trimmed:  # same pieces in the same places: only per-token distributions over the vocabulary differ
+                if isinstance(term, ALIGNED_TERMS):
+                    raise ConfigError(f"{key} compares per-token distributions over the teacher's whole vocabulary, "
+                                      f"{reason}; {instead} or use another loss.")
+                continue
             if ALIGNED_OUTPUTS & set(getattr(term, "requires", ())) or isinstance(term, ALIGNED_TERMS):
-                key = f"{phase.key}.{'' if name in ('soft', 'hard') else 'terms.'}{name}"
                 raise ConfigError(f"{key} needs the teacher's and the student's token sequences aligned, {reason}; "
                                   "use logit-level losses (kd, ce, ...) or the teacher's tokenizer.")
     return True
@@ -69,6 +79,7 @@ def build_student(cfg: DictConfig, teacher, init_from: Path | None):
 def run(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     teacher_name = str(cfg.teacher.name_or_path)
     load_config(teacher_name)
+    cfg = with_trimmed_vocabulary(cfg)  # student.trim_vocab: student.tokenizer = the trimmed teacher tokenizer
     phases = plan_phases(cfg, output_dir)  # every phase's loss checked against the models' configs first
     own_tokens = student_tokenizer_differs(cfg, teacher_name, phases)
     dm = build_datamodule(cfg, teacher_name)
@@ -107,4 +118,5 @@ def run(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, Any], dict[str, An
     if dm.student_tokenizer is not None:  # every student row reads the student's inputs of the dev batches
         for entry in entries[1:]:
             reads_student_inputs(entry.model)
+    entries[1].notes.update(trim_notes(cfg, dm))  # student.trim_vocab: how much of the split becomes [UNK]
     return report_models(cfg, dm, output_dir, entries)

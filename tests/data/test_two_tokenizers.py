@@ -171,3 +171,33 @@ def test_hidden_state_loss_with_two_tokenizers_stops_before_any_work(make_cfg, t
 def test_a_missing_student_tokenizer_is_one_sentence(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match=r"^student.tokenizer='.*nowhere' is not a tokenizer folder or hub id"):
         run(make_cfg(f"student.tokenizer={tmp_path / 'nowhere'}"))
+
+
+def test_eval_stage_scores_a_student_with_its_own_tokenizer_beside_the_teacher(make_cfg, tmp_path, glue_dir,
+                                                                               tiny_teacher, other_tokenizer,
+                                                                               monkeypatch):
+    """stage=eval with a student whose tokenizer differs: each model reads its own tokens (logits equal vanilla
+    transformers fed by each model's own tokenizer)."""
+    import distill.report as report_pkg
+    from distill.models.student import bert_student
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher)
+    saved = tmp_path / "own_student"
+    bert_student(teacher, 1, 16, 2, 32, tokenizer=str(other_tokenizer)).save_pretrained(saved)
+    AutoTokenizer.from_pretrained(other_tokenizer).save_pretrained(saved)
+    seen: list[torch.Tensor] = []
+    run_model = report_pkg.run_model
+    monkeypatch.setattr(report_pkg, "run_model", lambda m, b: seen.append(torch.cat(run_model(m, b))) or run_model(m, b))
+    metrics, _ = run(make_cfg("stage=eval", f"eval.model_path={saved}", f"eval.teacher_path={tiny_teacher}",
+                              output="eval"))
+    lines = (glue_dir / "SST-2" / "dev.tsv").read_text().splitlines()[1:]
+    texts = [line.rsplit("\t", 1)[0] for line in lines]
+    expected = []
+    for path in (tiny_teacher, saved):  # teacher row first, then the student's
+        tok = AutoTokenizer.from_pretrained(path)
+        with torch.no_grad():
+            model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+            expected.append(model(**tok(texts, padding=True, return_tensors="pt")).logits)
+    assert len(seen) == 2 and all(torch.equal(a, b) for a, b in zip(seen, expected, strict=True))
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert [r["model"] for r in report["models"]] == ["teacher", "student"] and "student_retention" in metrics
