@@ -14,7 +14,7 @@ from __future__ import annotations
 from transformers import AlbertConfig, AlbertForSequenceClassification, PreTrainedModel
 
 from distill.errors import ConfigError
-from distill.models.student import EMBEDDING_INITS, init_embeddings_from_teacher
+from distill.models.student import EMBEDDING_INITS, init_embeddings_from_teacher, own_tokenizer
 
 # taken from the teacher so the student reads the same inputs and writes the same labels
 _FROM_TEACHER = ("vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id", "num_labels",
@@ -22,6 +22,7 @@ _FROM_TEACHER = ("vocab_size", "max_position_embeddings", "type_vocab_size", "pa
                  "attention_probs_dropout_prob", "hidden_act")
 
 
+@own_tokenizer  # student.tokenizer / student.trim_vocab: a word table of the student's own vocabulary
 def albert_student(
     teacher: PreTrainedModel,
     embedding_size: int = 128,

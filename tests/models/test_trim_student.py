@@ -182,3 +182,27 @@ def test_bad_trim_settings_stop_before_any_work(trim_cfg, tiny_teacher, tmp_path
         run(trim_cfg(*(o.format(teacher=tiny_teacher) for o in overrides)))
     assert str(err.value) == message.format(teacher=tiny_teacher)
     assert not (tmp_path / "run" / "student").exists()
+
+
+def test_albert_student_trims_its_factorized_table_exactly(trim_glue, tiny_teacher, tmp_path):
+    from distill.models.albert import albert_student
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher)
+    train_texts, _ = _rows(trim_glue, "train")
+    folder = trimmed_tokenizer_dir(str(tiny_teacher), train_texts, tmp_path / "cache", "sst2")
+    geometry = dict(embedding_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=32, init_embeddings="teacher_pca")
+    torch.manual_seed(4)
+    plain = albert_student(teacher, **geometry).eval()
+    torch.manual_seed(4)
+    trimmed = albert_student(teacher, **geometry, tokenizer=str(folder), trim_vocab=True).eval()
+    kept = json.loads((folder / TRIM_FILE).read_text())["kept_ids"]
+    assert trimmed.get_input_embeddings().weight.shape == (len(kept), 8)
+    trimmed.save_pretrained(tmp_path / "albert")
+    AutoTokenizer.from_pretrained(folder).save_pretrained(tmp_path / "albert")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "albert").eval()
+    tok, teacher_tok = AutoTokenizer.from_pretrained(tmp_path / "albert"), AutoTokenizer.from_pretrained(tiny_teacher)
+    with torch.no_grad():
+        a = plain(**teacher_tok(train_texts[:8], padding=True, return_tensors="pt")).logits
+        b = loaded(**tok(train_texts[:8], padding=True, return_tensors="pt")).logits
+    assert type(loaded).__name__ == "AlbertForSequenceClassification" and torch.equal(a, b)
