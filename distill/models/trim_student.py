@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,12 @@ def trimmed_tokenizer_dir(tokenizer_name: str, corpus: list, cache_dir: str | Pa
     info = {"tokenizer": str(tokenizer_name), "corpus": name, "corpus_examples": examples,
             "old_vocab_size": len(tokenizer), "new_vocab_size": len(kept), "kept_ids": kept}
     (tmp / TRIM_FILE).write_text(json.dumps(info))
-    publish_dir(tmp, final)
+    try:
+        publish_dir(tmp, final)
+    except OSError:  # another process (a DDP rank) published the same entry between the check and the rename
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (final / TRIM_FILE).is_file():
+            raise
     log.info("%s: the teacher's %d word pieces trimmed to the %d of %s's training set (%d examples), at %s",
              KEY, len(tokenizer), len(kept), name, examples, final)
     return final
