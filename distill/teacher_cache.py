@@ -5,7 +5,10 @@ training set never change. With the cache, one pass over the training set (in or
 what the configured loss terms read:
 
 * ``logits`` (N, C) float32 — or, with ``teacher.cache_top_k=k``, the k largest logits and their indices plus
-  the row's log-sum-exp, for label sets or vocabularies too large to store densely (see :func:`dense_logits`);
+  the row's log-sum-exp, for label sets or vocabularies too large to store densely (see
+  :mod:`distill.teacher_cache_topk`); for a term that reads the teacher's vocabulary logits at some token
+  positions (``logit_positions``: the masked positions of masked-LM distillation), those positions' logits only,
+  one row per position, dense or top-k the same way;
 * the ``hidden_states`` layers that hidden-state terms map to, the ``attentions`` layers of attention terms
   that read Hugging Face's probabilities, and the query / key / value projections that hooked attention terms
   (TinyBERT's scores, MiniLM's relations) capture — in ``teacher.cache_dtype`` (float16 by default), each
@@ -19,7 +22,11 @@ place when complete (a killed caching pass leaves no half cache). Before caching
 refuses one larger than ``teacher.cache_max_gb`` or the free disk, with one sentence, before any work.
 
 A run whose teacher outputs change from epoch to epoch (tokens masked afresh each epoch, a teacher in training
-mode) or whose batches are padded on the left says so in one line and runs the teacher live.
+mode) or whose batches are padded on the left says so in one line and runs the teacher live; with static masking
+(``data.static_masking=true``) the masked ids are part of every row, so of the key, and the cache is used.
+
+Under DDP rank 0 records the entry and the other ranks wait for it (a barrier once the process group is up, else
+they watch for the entry's files), then read it.
 """
 
 from __future__ import annotations
@@ -28,8 +35,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,14 +43,27 @@ import numpy as np
 import torch
 
 from distill.data.tasks import MODEL_INPUTS
+from distill.distributed import is_global_zero
 from distill.errors import ConfigError
 from distill.losses.capture import HookedTerm
+from distill.teacher_cache_sync import META, await_rank_zero, publish
+from distill.teacher_cache_topk import (
+    TAILS,
+    LogitReader,
+    LogitWriter,
+    dense_logits,
+    logit_bytes,
+    row_ranges,
+    selected_counts,
+)
+
+__all__ = ["TAILS", "CacheSpec", "TeacherOutputs", "dense_logits", "prepare_teacher_outputs"]
 
 log = logging.getLogger("distill")
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
-TAILS = ("bucket", "renormalize")
-META = "meta.json"
+KEY_COLUMNS = (*MODEL_INPUTS, "mlm_labels")  # static masks: the labels say which positions were chosen
+POSITIONS = "positions_"  # file prefix of the logits at the token positions a term reads
 
 
 @dataclass
@@ -61,11 +79,16 @@ class CacheSpec:
     dtype: str = "float16"
     tail: str = "bucket"
     hooked: list = field(default_factory=list, repr=False)  # the HookedTerms whose teacher captures are filled
+    # a term reading the teacher's vocabulary logits at token positions (its ``logit_positions``, e.g. "masked"):
+    # those positions' logits are stored instead of per-example logits; its ``select(batch, shape, device)``
+    positions: str | None = None
+    position_term: object = field(default=None, repr=False)
 
     def as_dict(self) -> dict:
-        return {"hidden": list(self.hidden), "attentions": list(self.attentions),
-                "captures": [list(c) for c in self.captures], "top_k": self.top_k, "dtype": self.dtype,
-                "tail": self.tail}
+        out = {"hidden": list(self.hidden), "attentions": list(self.attentions),
+               "captures": [list(c) for c in self.captures], "top_k": self.top_k, "dtype": self.dtype,
+               "tail": self.tail}
+        return {**out, "positions": self.positions} if self.positions else out  # earlier keys stay valid
 
 
 def check_settings(tcfg) -> None:
@@ -88,6 +111,7 @@ def cache_spec(objective, student, teacher, tcfg) -> CacheSpec:
     """What the objective's terms read from the teacher, resolved to layers for these two models."""
     s_depth, t_depth = student.config.num_hidden_layers, teacher.config.num_hidden_layers
     hidden, attentions, captures, widths, hooked = set(), set(), set(), {}, []
+    positions = [t for t in objective.parts.values() if getattr(t, "logit_positions", None)]
     for term in objective.parts.values():
         need = set(getattr(term, "requires", ()))
         if "hidden_states" in need:
@@ -102,7 +126,7 @@ def cache_spec(objective, student, teacher, tcfg) -> CacheSpec:
             hooked.append(term)
     return CacheSpec(tuple(sorted(hidden)), tuple(sorted(attentions)), tuple(sorted(captures)), widths,
                      tcfg.get("cache_top_k"), tcfg.get("cache_dtype", "float16"), tcfg.get("cache_tail", "bucket"),
-                     hooked)
+                     hooked, positions[0].logit_positions if positions else None, positions[0] if positions else None)
 
 
 def _digest_model(model: torch.nn.Module) -> str:
@@ -115,11 +139,11 @@ def _digest_model(model: torch.nn.Module) -> str:
 
 
 def _rows(dataset) -> dict[str, list[list[int]]]:
-    """The model-input columns of every row, in order, as plain lists."""
+    """The model-input columns (and static masks' labels) of every row, in order, as plain lists."""
     if hasattr(dataset, "with_format"):
         plain = dataset.with_format(None)
-        return {k: [list(r) for r in plain[k]] for k in MODEL_INPUTS if k in plain.column_names}
-    keys = [k for k in MODEL_INPUTS if k in dataset[0]]
+        return {k: [list(r) for r in plain[k]] for k in KEY_COLUMNS if k in plain.column_names}
+    keys = [k for k in KEY_COLUMNS if k in dataset[0]]
     return {k: [list(dataset[i][k]) for i in range(len(dataset))] for k in keys}
 
 
@@ -132,12 +156,15 @@ def cache_key(teacher, rows: dict[str, list], spec: CacheSpec) -> str:
     return h.hexdigest()[:20]
 
 
-def estimate_bytes(lengths: np.ndarray, spec: CacheSpec, teacher) -> int:
-    """Bytes the cache will take on disk for examples of these token ``lengths``."""
+def estimate_bytes(lengths: np.ndarray, spec: CacheSpec, teacher, selected: np.ndarray | None = None) -> int:
+    """Bytes the cache will take on disk for examples of these token ``lengths`` (and ``selected`` positions
+    of each, with a position-level term)."""
     cfg, item = teacher.config, np.dtype(DTYPES[spec.dtype]).itemsize
     n, tokens = len(lengths), int(lengths.sum())
-    classes = int(cfg.num_labels)
-    logits = n * (spec.top_k * 8 + 4) if spec.top_k and spec.top_k < classes else n * classes * 4
+    if selected is None:
+        logits = logit_bytes(n, int(cfg.num_labels), spec.top_k)
+    else:
+        logits = logit_bytes(int(selected.sum()), int(cfg.vocab_size), spec.top_k) + (n + 1) * 8
     per_token = len(spec.hidden) * int(cfg.hidden_size) + sum(spec.widths[c] for c in spec.captures)
     attention = len(spec.attentions) * int(cfg.num_attention_heads) * int((lengths.astype(np.int64) ** 2).sum())
     return logits + (tokens * per_token + attention) * item + (n + 1) * 8
@@ -150,21 +177,20 @@ def _fmt(nbytes: float) -> str:
 class _Writer:
     """Memory-mapped output arrays of a cache being recorded, filled batch by batch in example order."""
 
-    def __init__(self, folder: Path, lengths: np.ndarray, spec: CacheSpec, teacher) -> None:
+    def __init__(self, folder: Path, lengths: np.ndarray, spec: CacheSpec, teacher,
+                 selected: np.ndarray | None = None) -> None:
         cfg, self.spec, self.folder = teacher.config, spec, folder
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (N+1,)
         self.attn_offsets = np.concatenate([[0], np.cumsum(lengths.astype(np.int64) ** 2)]) * cfg.num_attention_heads
         np.save(folder / "offsets.npy", self.offsets)
         n, tokens, dtype = len(lengths), int(self.offsets[-1]), DTYPES[spec.dtype]
         mm = np.lib.format.open_memmap
-        k = spec.top_k if spec.top_k and spec.top_k < cfg.num_labels else None
-        self.top_k = k
-        if k:
-            self.values = mm(folder / "topk_values.npy", "w+", np.float32, (n, k))
-            self.indices = mm(folder / "topk_indices.npy", "w+", np.int32, (n, k))
-            self.lse = mm(folder / "logsumexp.npy", "w+", np.float32, (n,))
-        else:
-            self.logits = mm(folder / "logits.npy", "w+", np.float32, (n, cfg.num_labels))
+        if selected is None:
+            self.logits = LogitWriter(folder, "", n, int(cfg.num_labels), spec.top_k)
+        else:  # one row per selected token position, example after example
+            self.pos_offsets = np.concatenate([[0], np.cumsum(selected)]).astype(np.int64)  # (N+1,)
+            np.save(folder / f"{POSITIONS}offsets.npy", self.pos_offsets)
+            self.logits = LogitWriter(folder, POSITIONS, int(self.pos_offsets[-1]), int(cfg.vocab_size), spec.top_k)
         self.hidden = {layer: mm(folder / f"hidden_{layer}.npy", "w+", dtype, (tokens, cfg.hidden_size)) for layer in spec.hidden}
         self.captures = {c: mm(folder / f"capture_{c[0]}_{c[1]}.npy", "w+", dtype, (tokens, spec.widths[c]))
                          for c in spec.captures}
@@ -172,13 +198,13 @@ class _Writer:
                      for layer in spec.attentions}
 
     def write(self, idx: np.ndarray, out, captured: dict, lengths: np.ndarray) -> None:
-        logits = out.logits.float()  # (B, C)
-        if self.top_k:
-            values, indices = logits.topk(self.top_k, dim=-1)  # (B, k)
-            self.values[idx], self.indices[idx] = values.numpy(), indices.numpy().astype(np.int32)
-            self.lse[idx] = torch.logsumexp(logits, dim=-1).numpy()
-        else:
-            self.logits[idx] = logits.numpy()
+        """``out.logits``: (B, C), or with a position-level term the (M, V) logits of the batch's selected
+        positions, row-major (example by example, positions in order)."""
+        rows = idx if self.spec.positions is None else row_ranges(self.pos_offsets, idx)
+        if len(rows) != out.logits.shape[0]:
+            raise RuntimeError(f"teacher.cache: {out.logits.shape[0]} selected positions in a batch whose rows "
+                               f"hold {len(rows)}; the static masks changed between counting and recording.")
+        self.logits.write(rows, out.logits)
         for row, (i, n) in enumerate(zip(idx, lengths)):
             lo, hi = self.offsets[i], self.offsets[i + 1]
             for layer, arr in self.hidden.items():
@@ -189,29 +215,9 @@ class _Writer:
                 arr[self.attn_offsets[i]:self.attn_offsets[i + 1]] = out.attentions[layer - 1][row, :, :n, :n].reshape(-1).numpy()
 
     def flush(self) -> None:
-        for arr in [*self.hidden.values(), *self.captures.values(), *self.attn.values(),
-                    *[getattr(self, a) for a in ("logits", "values", "indices", "lse") if hasattr(self, a)]]:
+        self.logits.flush()
+        for arr in [*self.hidden.values(), *self.captures.values(), *self.attn.values()]:
             arr.flush()
-
-
-def dense_logits(values: torch.Tensor, indices: torch.Tensor, lse: torch.Tensor, classes: int,
-                 tail: str = "bucket") -> torch.Tensor:
-    """(B, C) logits from the top-k ``values``/``indices`` (B, k) and the full row's log-sum-exp ``lse`` (B,).
-
-    ``bucket``: the mass outside the top k (``1 − Σ_topk p``, exact from ``lse``) is spread evenly over the other
-    ``C − k`` entries, so at temperature 1 the teacher's top-k probabilities and its tail mass are exact (at
-    other temperatures the tail is treated as flat). ``renormalize``: the other entries are ``-inf``, i.e. the
-    teacher's distribution renormalised over its top k (the soft-KL kernel handles ``-inf`` teacher entries).
-    """
-    b, k = values.shape
-    if tail == "renormalize" or k >= classes:
-        fill = torch.full((b, 1), float("-inf"), dtype=torch.float32, device=values.device)
-    else:
-        top_mass = torch.exp(values - lse[:, None]).sum(dim=-1).clamp(max=1.0)  # (B,)
-        rest = (1.0 - top_mass).clamp(min=1e-30) / (classes - k)
-        fill = (torch.log(rest) + lse)[:, None]  # (B, 1)
-    out = fill.expand(b, classes).clone()
-    return out.scatter_(1, indices.long(), values.float())  # (B, C)
 
 
 class TeacherOutputs:
@@ -223,11 +229,12 @@ class TeacherOutputs:
         self.heads = int(teacher_config.num_attention_heads)
         load = lambda name: np.load(folder / name, mmap_mode="r")  # noqa: E731
         self.offsets = load("offsets.npy")
-        self.top_k = (folder / "topk_values.npy").is_file()
-        if self.top_k:
-            self.values, self.indices, self.lse = load("topk_values.npy"), load("topk_indices.npy"), load("logsumexp.npy")
+        if spec.positions:
+            self.pos_offsets = load(f"{POSITIONS}offsets.npy")
+            self.logits = LogitReader(folder, POSITIONS, int(teacher_config.vocab_size), spec.tail)
         else:
-            self.logits = load("logits.npy")
+            self.logits = LogitReader(folder, "", self.num_labels, spec.tail)
+        self.top_k = self.logits.top_k
         self.hidden = {layer: load(f"hidden_{layer}.npy") for layer in spec.hidden}
         self.captures = {c: load(f"capture_{c[0]}_{c[1]}.npy") for c in spec.captures}
         self.attn = {layer: load(f"attention_{layer}.npy") for layer in spec.attentions}
@@ -251,18 +258,29 @@ class TeacherOutputs:
             out[row, :, :n, :n] = torch.from_numpy(np.array(arr[lo:lo + heads * n * n], dtype=np.float32)).view(heads, n, n)
         return out
 
+    def _position_logits(self, batch: dict[str, torch.Tensor], idx: np.ndarray) -> torch.Tensor:
+        """(M, V): the logits at the batch's selected positions, in the order ``student_logits[mask]`` takes them."""
+        ids = batch["input_ids"]
+        mask = self.spec.position_term.select(batch, tuple(ids.shape[:2]), torch.device("cpu"))  # (B, T)
+        stored = self.pos_offsets[idx + 1] - self.pos_offsets[idx]
+        if not np.array_equal(mask.sum(dim=1).numpy(), stored):
+            raise RuntimeError("teacher.cache: a batch selects other positions than those recorded for its rows "
+                               "(the static masks changed); delete the entry at " + str(self.folder))
+        return self.logits.read(row_ranges(self.pos_offsets, idx))
+
     def replay(self, batch: dict[str, torch.Tensor]):
         """The teacher's outputs for ``batch`` (its ``idx`` column), on the batch's device; fills hooked captures.
 
-        ``hidden_states`` / ``attentions`` have the teacher's full length (layer maps resolve against it); layers
-        no term reads are None."""
+        ``logits`` (B, C) — or, with a position-level term, ``position_logits`` (M, V) at the M selected positions
+        (and ``logits`` None); ``hidden_states`` / ``attentions`` have the teacher's full length (layer maps
+        resolve against it); layers no term reads are None."""
         idx = batch["idx"].cpu().numpy().astype(np.int64)
         width, device = batch["input_ids"].shape[1], batch["input_ids"].device
-        if self.top_k:
-            logits = dense_logits(torch.from_numpy(np.asarray(self.values[idx])), torch.from_numpy(np.asarray(self.indices[idx])),
-                                  torch.from_numpy(np.asarray(self.lse[idx])), self.num_labels, self.spec.tail)
+        logits = positions = None
+        if self.spec.positions:
+            positions = self._position_logits(batch, idx).to(device)
         else:
-            logits = torch.from_numpy(np.asarray(self.logits[idx]))
+            logits = self.logits.read(idx).to(device)
         hidden = None
         if self.hidden:
             hidden = tuple(self._tokens(self.hidden[layer], idx, width).to(device) if layer in self.hidden else None
@@ -275,7 +293,7 @@ class TeacherOutputs:
         for term in self.spec.hooked:
             for key in term.teacher_capture.keys():
                 term.teacher_capture.put(*key, captured[key])
-        return SimpleNamespace(logits=logits.to(device), hidden_states=hidden, attentions=attentions)
+        return SimpleNamespace(logits=logits, position_logits=positions, hidden_states=hidden, attentions=attentions)
 
 
 def why_not_cacheable(dm, teacher) -> str | None:
@@ -291,8 +309,8 @@ def why_not_cacheable(dm, teacher) -> str | None:
 
 
 @torch.no_grad()
-def _record(folder: Path, dm, teacher, spec: CacheSpec, lengths: np.ndarray) -> None:
-    writer = _Writer(folder, lengths, spec, teacher)
+def _record(folder: Path, dm, teacher, spec: CacheSpec, lengths: np.ndarray, selected: np.ndarray | None = None) -> None:
+    writer = _Writer(folder, lengths, spec, teacher, selected)
     dataset, bs = dm.train_set(), int(getattr(dm, "eval_batch_size", 64))
     need_hidden, need_attn = bool(spec.hidden), bool(spec.attentions)
     order = np.argsort(lengths, kind="stable")  # batches of similar length: little padding in the one teacher pass
@@ -306,7 +324,10 @@ def _record(folder: Path, dm, teacher, spec: CacheSpec, lengths: np.ndarray) -> 
             for key in term.teacher_capture.keys():
                 captured[key] = term.teacher_capture.get(*key, pop=False).float().cpu()
             term.release()
-        cpu = SimpleNamespace(logits=out.logits.float().cpu(),
+        logits = out.logits
+        if spec.positions:  # the selected positions only, before the (B, T, V) logits leave the device
+            logits = logits[spec.position_term.select(batch, tuple(logits.shape[:2]), logits.device)]  # (M, V)
+        cpu = SimpleNamespace(logits=logits.float().cpu(),
                               hidden_states=[h.float().cpu() for h in out.hidden_states] if need_hidden else None,
                               attentions=[a.float().cpu() for a in out.attentions] if need_attn else None)
         writer.write(idx, cpu, captured, lengths[idx])
@@ -316,49 +337,58 @@ def _record(folder: Path, dm, teacher, spec: CacheSpec, lengths: np.ndarray) -> 
 def prepare_teacher_outputs(tcfg, cache_root: Path, objective, student, teacher, dm) -> TeacherOutputs | None:
     """The cache of this run's teacher outputs (recorded now if absent), or None when it is off or unusable.
 
-    Call after the objective has attached its hooks (hooked terms' captures are part of the cache)."""
+    Call after the objective has attached its hooks (hooked terms' captures are part of the cache). Under DDP
+    rank 0 records and every other rank waits for it (:func:`await_rank_zero`), then reads the same entry."""
     if not tcfg.get("cache", False) or not objective.needs_teacher:
         return None
     reason = why_not_cacheable(dm, teacher)
+    spec = cache_spec(objective, student, teacher, tcfg) if not reason else None
+    dm.setup("fit")
+    rows = _rows(dm.train_set())
+    if spec is not None and spec.positions == "masked" and "mlm_labels" not in rows:
+        reason = "the loss reads the teacher's logits at masked positions and the rows carry no static masks"
     if reason:
         log.info("teacher.cache: not used: %s; the teacher runs on every batch instead.", reason)
         return None
-    spec = cache_spec(objective, student, teacher, tcfg)
-    dm.setup("fit")
-    rows = _rows(dm.train_set())
     lengths = np.array([len(r) for r in rows["input_ids"]], dtype=np.int64)
+    selected = selected_counts(rows, spec.positions) if spec.positions else None
     final = cache_root / "teacher_outputs" / cache_key(teacher, rows, spec)
-    size = estimate_bytes(lengths, spec, teacher)
+    size = estimate_bytes(lengths, spec, teacher, selected)
+    logits = "logits" if not spec.top_k else f"top-{spec.top_k} logits"
     what = ", ".join(p for p in (
-        "logits" if not spec.top_k else f"top-{spec.top_k} logits",
+        logits if selected is None else f"{logits} at {int(selected.sum()):,} {spec.positions} positions",
         spec.hidden and f"hidden states {list(spec.hidden)}", spec.attentions and f"attentions {list(spec.attentions)}",
         spec.captures and f"{len(spec.captures)} attention projections") if p)
     dm.index_train_set()
-    if (final / META).is_file():
+
+    reused = (final / META).is_file()
+    if not reused:  # every rank checks, before any work: an entry too large stops them all alike
+        final.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(final.parent).free
+        if size > float(tcfg.get("cache_max_gb", 4.0)) * 2**30 or size > free:
+            raise ConfigError(
+                f"teacher.cache would take {_fmt(size)} ({what} of {len(lengths):,} examples, {int(lengths.sum()):,} tokens), "
+                f"over teacher.cache_max_gb={tcfg.get('cache_max_gb', 4.0)} or the {_fmt(free)} free at {final.parent}; "
+                "raise the limit, store fewer layers (the loss terms' layer maps), use teacher.cache_dtype=float16 or "
+                "teacher.cache_top_k, or set teacher.cache=false.")
+
+    def record_if_absent() -> None:
+        if (final / META).is_file():
+            return
+        log.info("teacher.cache: recording %s of %d examples (%d tokens, %s) at %s", what, len(lengths),
+                 int(lengths.sum()), _fmt(size), final)
+
+        def record(tmp: Path) -> None:
+            _record(tmp, dm, teacher, spec, lengths, selected)
+            (tmp / META).write_text(json.dumps({"examples": len(lengths), "tokens": int(lengths.sum()),
+                                                "bytes": size, **spec.as_dict()}, indent=2))
+
+        publish(final, record)
+
+    if is_global_zero():
+        record_if_absent()
+    await_rank_zero(final)
+    record_if_absent()  # only a rank whose cache folder rank 0 does not share (node-local disks) records here
+    if reused:
         log.info("teacher.cache: reusing %s (%s: %s)", final, _fmt(size), what)
-        return TeacherOutputs(final, spec, teacher.config)
-    limit = float(tcfg.get("cache_max_gb", 4.0)) * 2**30
-    final.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(final.parent).free
-    if size > limit or size > free:
-        raise ConfigError(
-            f"teacher.cache would take {_fmt(size)} ({what} of {len(lengths):,} examples, {int(lengths.sum()):,} tokens), "
-            f"over teacher.cache_max_gb={tcfg.get('cache_max_gb', 4.0)} or the {_fmt(free)} free at {final.parent}; "
-            "raise the limit, store fewer layers (the loss terms' layer maps), use teacher.cache_dtype=float16, or set teacher.cache=false.")
-    log.info("teacher.cache: recording %s of %d examples (%d tokens, %s) at %s", what, len(lengths),
-             int(lengths.sum()), _fmt(size), final)
-    tmp = Path(tempfile.mkdtemp(prefix=".recording-", dir=final.parent))
-    start = time.perf_counter()
-    try:
-        _record(tmp, dm, teacher, spec, lengths)
-        log.info("teacher.cache: recorded in %.1f s", time.perf_counter() - start)
-        (tmp / META).write_text(json.dumps({"examples": len(lengths), "tokens": int(lengths.sum()),
-                                            "bytes": size, **spec.as_dict()}, indent=2))
-        if final.exists():  # another process finished the same entry first
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.rename(final)  # one rename: the entry appears complete or not at all
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return TeacherOutputs(final, spec, teacher.config)

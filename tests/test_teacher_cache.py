@@ -247,3 +247,189 @@ def test_a_run_with_the_cache_trains_the_same_student_as_one_running_the_teacher
     with caplog.at_level(logging.INFO, logger="distill"):
         run(make_cfg(*common, "teacher.cache=true", output="again"))
     assert "teacher.cache: reusing" in caplog.text
+
+
+# ---- masked-LM distillation: the teacher's logits at the statically masked positions, dense or top-k ----------------
+MLM_TEXTS = ["the movie was good", "a dog and a cat", "very very boring film", "good", "the film was a movie"] * 4
+
+
+@pytest.fixture
+def mlm_setup(tiny_mlm_teacher):
+    from transformers import AutoTokenizer
+
+    from distill.models.mlm import classifier_view, load_mlm_teacher, masked_lm_student
+    from distill.models.student import distil_student
+
+    def make():
+        tok = AutoTokenizer.from_pretrained(str(tiny_mlm_teacher))
+        dm = TextDataModule(tok, texts=MLM_TEXTS, max_length=16, batch_size=4, mask_prob=0.3, seed=0, static_masking=True)
+        teacher = load_mlm_teacher(str(tiny_mlm_teacher))
+        torch.manual_seed(0)
+        student = masked_lm_student(distil_student(classifier_view(teacher)), teacher)
+        loss = OmegaConf.load("conf/loss/distilbert_mlm.yaml")
+        loss.soft.backend = "torch"
+        objective = build_objective(loss, student, teacher)
+        objective.attach(student, teacher)
+        return dm, teacher, student, objective
+
+    return make
+
+
+def _mlm_parts(objective, student, teacher_out, batch):
+    out = student(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, output_hidden_states=True)
+    return objective(out, teacher_out, batch, 0, 10)[1]
+
+
+def _live(teacher, batch):
+    return teacher(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, output_hidden_states=True)
+
+
+@pytest.mark.parametrize("k", [None, "V-1", "V"])
+def test_mlm_cache_at_masked_positions_gives_the_live_teachers_losses(mlm_setup, tmp_path, k):
+    """Dense, top-(V-1) (one tail entry: the bucket is exact) and top-V (stored dense) give the dense loss."""
+    dm, teacher, student, objective = mlm_setup()
+    vocab = teacher.config.vocab_size
+    top_k = {None: None, "V-1": vocab - 1, "V": vocab}[k]
+    cache = tc.prepare_teacher_outputs(settings(cache_top_k=top_k), tmp_path, objective, student, teacher, dm)
+    assert cache.spec.positions == "masked" and cache.spec.hidden == (4,)
+    masked = sum(sum(v != -100 for v in r["mlm_labels"]) for r in dm.train_set())
+    files = {p.name: np.load(p, mmap_mode="r").shape for p in cache.folder.glob("*.npy")}
+    assert "logits.npy" not in files and "topk_values.npy" not in files  # nothing per example
+    if k == "V-1":
+        assert files["positions_topk_values.npy"] == (masked, vocab - 1) and files["positions_logsumexp.npy"] == (masked,)
+    else:
+        assert files["positions_logits.npy"] == (masked, vocab)
+    student.eval()
+    for batch in dm.train_dataloader():
+        with torch.no_grad():
+            live, cached = _mlm_parts(objective, student, _live(teacher, batch), batch), \
+                _mlm_parts(objective, student, cache.replay(batch), batch)
+        for name in ("soft", "hard", "cosine"):
+            torch.testing.assert_close(cached[name], live[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _top_k_reference(t: torch.Tensor, s: torch.Tensor, k: int, tail: str, temperature: float) -> torch.Tensor:
+    """Plain float64 reference: the teacher's top-k probabilities, the rest of its mass spread flat over the other
+    V - k entries (bucket) or dropped (renormalize); both sides at T, KL per row, mean over rows, times T²."""
+    p = t.double().softmax(-1)  # (M, V)
+    top = p.topk(k, dim=-1)
+    target = torch.zeros_like(p)
+    if tail == "bucket":
+        target += ((1 - top.values.sum(-1)) / (p.shape[-1] - k))[:, None]
+    target.scatter_(1, top.indices, top.values)
+    target = (target / target.sum(-1, keepdim=True)).log().div(temperature).softmax(-1)
+    log_q = (s.double() / temperature).log_softmax(-1)
+    return (torch.xlogy(target, target) - target * log_q).sum(-1).mean() * temperature**2
+
+
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+def test_mlm_top_k_loss_matches_a_plain_reference_and_nears_the_dense_loss_as_k_grows(mlm_setup, tmp_path, caplog, tail):
+    dm, teacher, student, objective = mlm_setup()
+    masked = sum(sum(v != -100 for v in r["mlm_labels"]) for r in dm.train_set())
+    dm.index_train_set()
+    batch = dm.collate(dm.train_set()[:6])  # rows with their idx, as the cache's batches have them
+    rows = batch["mlm_mask"]
+    with torch.no_grad():
+        t = _live(teacher, batch).logits  # (B, T, V)
+    s = torch.randn(t.shape, generator=torch.Generator().manual_seed(0)) * t.std()  # a student far from the teacher
+    dense = objective.soft(SimpleNamespace(logits=s), SimpleNamespace(logits=t), batch, 2.0).item()
+    gaps = []
+    for k in (4, 16, 64):  # of a 66-word vocabulary
+        with caplog.at_level(logging.INFO, logger="distill"):
+            cache = tc.prepare_teacher_outputs(settings(cache_top_k=k, cache_tail=tail), tmp_path, objective, student,
+                                               teacher, dm)
+        assert f"teacher.cache: recording top-{k} logits at {masked} masked positions" in caplog.text  # size first
+        on_disk = sum(p.stat().st_size for p in cache.folder.glob("*.npy"))
+        estimate = tc.estimate_bytes(np.diff(cache.offsets), cache.spec, teacher, np.diff(cache.pos_offsets))
+        assert estimate <= on_disk <= estimate + 128 * len(list(cache.folder.glob("*.npy")))
+        cached = objective.soft(SimpleNamespace(logits=s), cache.replay(batch), batch, 2.0)
+        assert torch.isfinite(cached)
+        assert cached.item() == pytest.approx(_top_k_reference(t[rows], s[rows], k, tail, 2.0).item(), rel=1e-5)
+        gaps.append(abs(cached.item() - dense))
+    assert gaps[0] > gaps[1] > gaps[2]  # closer to the dense loss with every larger k
+    if tail == "bucket":  # this teacher is nearly flat (top 4 of 66 hold ~8% of the mass), the bucket still close
+        assert gaps[0] < 0.5 * dense
+
+
+# ---- DDP: rank 0 records, the other ranks wait for it and read it (in one process: the helpers) -----------------------
+def _as_rank(monkeypatch, rank: int):
+    from distill import teacher_cache_sync as sync
+
+    monkeypatch.setattr(tc, "is_global_zero", lambda: rank == 0)
+    monkeypatch.setattr(sync, "is_global_zero", lambda: rank == 0)
+    return sync
+
+
+def test_without_a_process_group_another_rank_waits_for_rank_zeros_entry_and_never_records(setup, tmp_path, monkeypatch):
+    import shutil
+    import threading
+    import time
+
+    dm, teacher, student, objective = setup()
+    zero = tc.prepare_teacher_outputs(settings(), tmp_path / "zero", objective, student, teacher, dm)
+    sync = _as_rank(monkeypatch, 1)
+    monkeypatch.setattr(sync, "POLL_S", 0.05)
+    monkeypatch.setattr(tc, "_record", lambda *a, **k: pytest.fail("only rank 0 records"))
+    final = tmp_path / "one" / "teacher_outputs" / zero.folder.name
+
+    def rank_zero_publishes():  # as rank 0 does: the whole folder appears at once, 0.5 s later
+        time.sleep(0.5)
+        shutil.copytree(zero.folder, final.parent / ".copy")
+        (final.parent / ".copy").rename(final)
+
+    final.parent.mkdir(parents=True)
+    publisher = threading.Thread(target=rank_zero_publishes)
+    start = time.perf_counter()
+    publisher.start()
+    one = tc.prepare_teacher_outputs(settings(), tmp_path / "one", objective, student, teacher, dm)
+    publisher.join()
+    assert one.folder == final and time.perf_counter() - start >= 0.5
+    batch = next(iter(dm.train_dataloader()))
+    torch.testing.assert_close(one.replay(batch).hidden_states[2], zero.replay(batch).hidden_states[2])
+
+
+@pytest.mark.parametrize("rank, present, expected", [
+    (0, False, ["record", "barrier"]),  # rank 0 records, then releases the others
+    (1, True, ["barrier"]),  # another rank only waits, then reads rank 0's entry
+    (1, False, ["barrier", "record"]),  # ... unless its cache folder is not rank 0's (node-local disks)
+])
+def test_with_a_process_group_every_rank_passes_one_barrier_after_rank_zero_recorded(setup, tmp_path, monkeypatch,
+                                                                                     rank, present, expected):
+    dm, teacher, student, objective = setup()
+    if present:
+        tc.prepare_teacher_outputs(settings(), tmp_path, objective, student, teacher, dm)
+    events, record = [], tc._record
+    sync = _as_rank(monkeypatch, rank)
+    monkeypatch.setattr(sync.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(sync, "barrier", lambda: events.append("barrier"))
+    monkeypatch.setattr(tc, "_record", lambda *a, **k: (events.append("record"), record(*a, **k)))
+    cache = tc.prepare_teacher_outputs(settings(), tmp_path, objective, student, teacher, dm)
+    assert events == expected and (cache.folder / "meta.json").is_file()
+
+
+@pytest.mark.slow
+def test_mlm_general_phase_with_static_masks_and_the_cache_trains_the_same_student(make_cfg, tmp_path, caplog,
+                                                                                  tiny_mlm_teacher):
+    from safetensors.torch import load_file
+
+    from distill.train import run
+
+    common = ("experiment=mlm_distill", "stage=general", f"teacher.name_or_path={tiny_mlm_teacher}", "student=distil",
+              "phases.general.data.max_samples=24", "phases.general.cache=false", "phases.general.max_epochs=2",
+              "phases.general.loss.soft.backend=torch", "teacher.cache_dtype=float32", "logger=none")
+    weights = {}
+    for name, extra in (("cached", ("teacher.cache=true", "phases.general.data.static_masking=true")),
+                        ("live", ("phases.general.data.static_masking=true",)),
+                        ("dynamic", ("teacher.cache=true",))):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="distill"):
+            run(make_cfg(*common, *extra, output=name))
+        weights[name] = load_file(tmp_path / name / "general_student" / "model.safetensors")
+        if name == "cached":
+            assert "teacher.cache: recording logits at" in caplog.text and "masked positions" in caplog.text
+        if name == "dynamic":  # masks drawn every batch: one line, and the run goes on with the live teacher
+            lines = [r.message for r in caplog.records if "teacher.cache" in r.message]
+            assert len(lines) == 1 and "masked afresh every epoch" in lines[0] and "runs on every batch" in lines[0]
+    for key, value in weights["live"].items():
+        torch.testing.assert_close(weights["cached"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert any(not torch.equal(weights["dynamic"][k], v) for k, v in weights["live"].items())  # other masks

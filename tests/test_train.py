@@ -138,6 +138,8 @@ BAD_INPUTS = [
     (["teacher.cache=true", "teacher.cache_top_k=0"], "teacher.cache_top_k=0 must be a whole number >= 1"),
     (["teacher.cache=true", "teacher.cache_max_gb=0"], "teacher.cache_max_gb=0 must be a positive number"),
     (["teacher.cache=true", "teacher.cache_max_gb=1e-9"], "teacher.cache would take"),
+    (["experiment=tinybert_sst2", "+phases.general.data.static_masking=maybe"], "phases.general.data.static_masking='maybe' must be true or false"),
+    (["experiment=tinybert_sst2", "+phases.general.data.static_masking=true"], "phases.general.data.static_masking=true needs phases.general.data.mask_prob"),
     (["data/sampler=length_grouped", "data.sampler.group_batches=0"], "data.sampler.group_batches=0 must be a whole"),
     (["data.padding=shortest"], "data.padding='shortest' is not allowed; use longest or max_length"),
     (["data.num_workers=-1"], "data.num_workers=-1 must be a whole number >= 0"),

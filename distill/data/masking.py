@@ -4,6 +4,12 @@
 the corruption, ``mlm_labels`` (the original id at chosen positions, -100 elsewhere) and ``mlm_mask``
 (the chosen positions). DistilBERT also smooths masking probabilities by token frequency; plain uniform
 masking is used here.
+
+Static masking (``data.static_masking=true``): :func:`mask_rows` draws every row's masks once, from a seed,
+and stores the masked ids and the labels in the row; :func:`collate_masked_rows` pads such rows into the same
+batch :func:`mask_batch` gives. Every epoch then sees the same masks, so the teacher's outputs on them can be
+cached (:mod:`distill.teacher_cache`, the masked ids being part of its key); dynamic masking (the default,
+DistilBERT's and RoBERTa's) draws new masks every batch.
 """
 
 from __future__ import annotations
@@ -56,3 +62,34 @@ def mask_batch(batch: dict[str, torch.Tensor], tokenizer, mask_prob: float,
     return {**batch, "input_ids": inputs, "mlm_labels": labels, "mlm_mask": chosen}
 
 
+
+
+def mask_rows(rows: list[dict[str, list[int]]], tokenizer, mask_prob: float, seed: int) -> list[dict[str, list[int]]]:
+    """Static masking: new rows whose ``input_ids`` are masked once and whose ``mlm_labels`` (same length: the
+    original id where chosen, -100 elsewhere) say where. One generator seeded with ``seed`` draws the masks of
+    all rows at once (padded to the longest), so the same rows and seed give the same masks on every run."""
+    if not rows:
+        return []
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), int(tokenizer.pad_token_id or 0), dtype=torch.long)  # (N, T)
+    real = torch.zeros(len(rows), width, dtype=torch.long)  # (N, T)
+    for i, row in enumerate(rows):
+        ids[i, :len(row["input_ids"])] = torch.tensor(row["input_ids"], dtype=torch.long)
+        real[i, :len(row["input_ids"])] = 1
+    out = mask_batch({"input_ids": ids, "attention_mask": real}, tokenizer, mask_prob,
+                     generator=torch.Generator().manual_seed(int(seed)))
+    masked, labels = out["input_ids"].tolist(), out["mlm_labels"].tolist()
+    return [{**row, "input_ids": masked[i][:len(row["input_ids"])], "mlm_labels": labels[i][:len(row["input_ids"])]}
+            for i, row in enumerate(rows)]
+
+
+def collate_masked_rows(features: list[dict], pad) -> dict[str, torch.Tensor]:
+    """A batch of rows from :func:`mask_rows`: ``pad`` (a padding collator) pads the model inputs, the labels
+    are padded with -100 to the same width, and ``mlm_mask`` marks the chosen positions (B, T) bool."""
+    labels = [f["mlm_labels"] for f in features]
+    batch = dict(pad([{k: v for k, v in f.items() if k != "mlm_labels"} for f in features]))
+    width = batch["input_ids"].shape[1]
+    padded = torch.full((len(features), width), IGNORE, dtype=torch.long)  # (B, T)
+    for i, row in enumerate(labels):
+        padded[i, :len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return {**batch, "mlm_labels": padded, "mlm_mask": padded != IGNORE}

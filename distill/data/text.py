@@ -17,7 +17,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
-from distill.data.masking import mask_batch
+from distill.data.masking import collate_masked_rows, mask_batch, mask_rows
 from distill.data.sampling import train_loader
 from distill.data.tasks import TASKS
 from distill.data.tsv import read_glue_tsv
@@ -62,7 +62,9 @@ class TextDataModule(L.LightningDataModule):
     """Unlabeled texts tokenized once; batches padded to their longest text, masked when ``mask_prob`` is set.
 
     Batches: ``input_ids``/``attention_mask``/``token_type_ids`` (B, T) int64, plus ``mlm_labels`` (B, T)
-    int64 and ``mlm_mask`` (B, T) bool with masking. No validation set. Give ``texts`` directly, or
+    int64 and ``mlm_mask`` (B, T) bool with masking: drawn afresh for every batch, or once per text from ``seed``
+    with ``static_masking`` (:func:`~distill.data.masking.mask_rows`; the teacher's outputs can then be
+    cached). No validation set. Give ``texts`` directly, or
     ``text_files`` / ``data_dir`` / ``max_samples`` / ``seed`` to collect them (:func:`collect_texts`);
     ``config_key`` names the config node in messages.
     """
@@ -71,7 +73,7 @@ class TextDataModule(L.LightningDataModule):
 
     def __init__(self, tokenizer, texts: list[str] | None = None, text_files=None, data_dir: str | None = None,
                  max_samples: int | None = None, seed: int = 0, max_length: int = 64, batch_size: int = 32,
-                 mask_prob: float | None = None, config_key: str = "data") -> None:
+                 mask_prob: float | None = None, config_key: str = "data", static_masking: bool = False) -> None:
         super().__init__()
         key = config_key
         for name, value in (("max_length", max_length), ("batch_size", batch_size)):
@@ -79,6 +81,11 @@ class TextDataModule(L.LightningDataModule):
                 raise ConfigError(f"{key}.{name}={value!r} must be a positive whole number.")
         if mask_prob is not None and not 0.0 < mask_prob < 1.0:
             raise ConfigError(f"{key}.mask_prob={mask_prob} must be between 0 and 1, or null for no masking.")
+        if not isinstance(static_masking, bool):
+            raise ConfigError(f"{key}.static_masking={static_masking!r} must be true or false.")
+        if static_masking and mask_prob is None:
+            raise ConfigError(f"{key}.static_masking=true needs {key}.mask_prob (a share between 0 and 1).")
+        self.static_masking, self.seed = static_masking, seed
         self.texts = list(texts) if texts is not None else collect_texts(data_dir, text_files, max_samples, seed, key)
         self.tokenizer = tokenizer
         self.max_length, self.batch_size, self.mask_prob = max_length, batch_size, mask_prob
@@ -89,12 +96,16 @@ class TextDataModule(L.LightningDataModule):
         blob = json.dumps({"texts": hashlib.sha1("\n".join(self.texts).encode()).hexdigest(),
                            "vocab": len(self.tokenizer), "max_length": self.max_length,
                            "batch_size": self.batch_size, "mask_prob": self.mask_prob}, sort_keys=True)
+        if self.static_masking:  # the masks are drawn from the seed (earlier fingerprints stay unchanged)
+            blob += json.dumps({"static_masking": True, "seed": self.seed})
         return hashlib.sha1(blob.encode()).hexdigest()
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
             enc = self.tokenizer(self.texts, truncation=True, max_length=self.max_length)
             self.dataset = [{k: enc[k][i] for k in enc} for i in range(len(self.texts))]
+            if self.static_masking:
+                self.dataset = mask_rows(self.dataset, self.tokenizer, self.mask_prob, self.seed)
 
     def train_set(self) -> list[dict[str, list[int]]]:
         self.setup()
@@ -109,12 +120,16 @@ class TextDataModule(L.LightningDataModule):
 
     def teacher_output_refusal(self) -> str | None:
         """Why the teacher's outputs on this data cannot be cached (masks drawn afresh every epoch), or None."""
-        if self.mask_prob:
-            return "tokens are masked afresh every epoch (data.mask_prob), so the teacher's outputs change"
+        if self.mask_prob and not self.static_masking:
+            return ("tokens are masked afresh every epoch (data.mask_prob; data.static_masking=true masks each text "
+                    "once), so the teacher's outputs change")
         return None
 
     def _collate(self, features: list[dict[str, list[int]]]):
-        batch = dict(DataCollatorWithPadding(self.tokenizer, return_tensors="pt")(features))
+        pad = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
+        if self.static_masking:
+            return collate_masked_rows(features, pad)
+        batch = dict(pad(features))
         return mask_batch(batch, self.tokenizer, self.mask_prob) if self.mask_prob else batch
 
     def train_dataloader(self) -> DataLoader:

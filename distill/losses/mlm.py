@@ -2,7 +2,9 @@
 
 Both read logits (B, T, V) of masked-LM models and batches from :func:`distill.data.masking.mask_batch`
 (``mlm_mask``, ``mlm_labels``). :class:`MaskedSoftKL` computes with the fused
-:func:`~distill.kernels.softmax_kl` with ``mask=`` (its (B, T, V) hot path). With
+:func:`~distill.kernels.softmax_kl` with ``mask=`` (its (B, T, V) hot path); from the teacher-output cache it
+reads the teacher's logits at the selected positions only (``position_logits`` (M, V), dense or rebuilt from the
+top k of each position: :mod:`distill.teacher_cache_topk`). With
 :class:`~distill.losses.HiddenCosine` as a term they make DistilBERT's triple loss.
 """
 
@@ -32,6 +34,11 @@ class MaskedSoftKL(nn.Module):
     ``tokens`` every real token. Logits (B, T, V); computed by :func:`softmax_kl` with ``mask=`` (B, T)
     and ``backend`` (``auto``: Triton on CUDA, the chunked PyTorch path on CPU). A batch with no
     selected position gives 0.
+
+    A teacher output with ``position_logits`` (M, V) (the teacher-output cache stores the teacher's logits at
+    :attr:`logit_positions` only) gives the teacher's rows at the M selected positions, in the order
+    ``student_logits[mask]`` takes them; the loss is then the same KL over those rows. With top-k caching a
+    row's tail is one flat bucket or dropped (``teacher.cache_tail``), exact at k = V.
     """
 
     requires: frozenset[str] = frozenset()
@@ -42,15 +49,32 @@ class MaskedSoftKL(nn.Module):
             raise ConfigError(f"MaskedSoftKL.positions={positions!r} is not one of masked, tokens.")
         self.positions, self.t2_scale, self.backend = positions, t2_scale, backend
 
-    def forward(self, student, teacher, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
-        s, t = _vocab_logits(student, "MaskedSoftKL"), _vocab_logits(teacher, "MaskedSoftKL")  # (B, T, V) each
+    @property
+    def logit_positions(self) -> str:
+        """Where this term reads the teacher's vocabulary logits (``masked`` or ``tokens``): all the cache stores."""
+        return self.positions
+
+    def select(self, batch: dict[str, torch.Tensor], shape: tuple[int, int], device) -> torch.Tensor:
+        """(B, T) bool: the positions this term compares (the batch's ``mlm_mask``, or every real token)."""
         if self.positions == "tokens":
-            mask = token_mask(batch, tuple(s.shape[:2]), s.device)  # (B, T)
-        elif "mlm_mask" in batch:
-            mask = batch["mlm_mask"].to(s.device)  # (B, T)
-        else:
+            return token_mask(batch, shape, device)
+        if "mlm_mask" not in batch:
             raise RuntimeError("MaskedSoftKL(positions=masked) needs batches from distill.data.masking.mask_batch (mlm_mask).")
-        return softmax_kl(s, t, temperature, mask=mask, t2_scale=self.t2_scale, backend=self.backend)
+        return batch["mlm_mask"].to(device).bool()
+
+    def forward(self, student, teacher, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+        s = _vocab_logits(student, "MaskedSoftKL")  # (B, T, V)
+        mask = self.select(batch, tuple(s.shape[:2]), s.device)  # (B, T)
+        picked = getattr(teacher, "position_logits", None)  # (M, V) from the teacher-output cache, or None
+        if picked is None:
+            t = _vocab_logits(teacher, "MaskedSoftKL")  # (B, T, V)
+            return softmax_kl(s, t, temperature, mask=mask, t2_scale=self.t2_scale, backend=self.backend)
+        rows = s[mask]  # (M, V), the order of the cached rows
+        if rows.shape != picked.shape:
+            raise RuntimeError(f"MaskedSoftKL: {rows.shape[0]} selected positions but {picked.shape[0]} cached teacher rows.")
+        if rows.shape[0] == 0:
+            return s.sum() * 0.0
+        return softmax_kl(rows, picked.to(s.device), temperature, t2_scale=self.t2_scale, backend=self.backend)
 
 
 class MaskedLMLoss(nn.Module):
