@@ -46,6 +46,8 @@ DROPPED_RECORDS = (
     ("torchao", r"^Failed to load .*torchao/_C"),
     # torchao registers its enums with torch's pytree at import; torch deprecated that (torchao's to fix)
     ("torch.utils._pytree", r"is an Enum subclass and is now natively supported"),
+    # datasets announces at import which array libraries it found (JAX arrives with the LiteRT extra)
+    ("datasets", r"^(JAX|PyTorch|TensorFlow|Polars) version .* available"),
 )
 # (category, message regex, module regex) of library warnings that say nothing to a user of distill.
 DROPPED_WARNINGS = (

@@ -94,6 +94,14 @@ def test_named_library_noise_is_dropped_and_other_warnings_kept():
         pytree.warning("%s is an Enum subclass and is now natively supported by torch.compile", "<enum 'K'>")
         pytree.warning("a real pytree problem")
     assert got.messages == ["a real pytree problem"]
+    found, level = logging.getLogger("datasets"), logging.getLogger("datasets").level
+    found.setLevel(logging.INFO)  # as at datasets' import, before its own default (WARNING) is set
+    with Records(found) as got:
+        found.info("JAX version 0.10.2 available.")
+        found.info("PyTorch version 2.13.0 available.")
+        found.info("a real datasets message")
+    found.setLevel(level)
+    assert got.messages == ["a real datasets message"]
 
 
 def test_seed_everything_says_it_once_and_still_seeds(monkeypatch):
