@@ -1,11 +1,14 @@
-"""Magnitude pruning during distillation: unstructured sparsity reached on the cubic schedule of Zhu & Gupta.
+"""Magnitude pruning during distillation: unstructured (or ``N:M``) sparsity reached on the cubic schedule of
+Zhu & Gupta.
 
 ``cubic_sparsity`` is the schedule; :class:`MagnitudePruning` is a Lightning callback that, every
 ``frequency`` steps between ``start_fraction`` and ``end_fraction`` of training, zeroes the smallest-magnitude
 weights of the student's linear layers (globally or per layer) with ``torch.nn.utils.prune`` and keeps them
 at zero after every optimizer step. The mask is folded into the weights right away (``prune.remove``), so the
 state dict stays a plain Hugging Face one at every checkpoint and the saved student needs nothing special.
-Unstructured zeros do not make dense CPU kernels faster; they make a compressed export smaller.
+``pattern=2:4`` keeps the 2 largest of every 4 consecutive weights of a row instead (:mod:`distill.prune.patterns`).
+Zeros do not make dense CPU kernels faster; they make a compressed export smaller (the report's
+``student_sparse`` row, :mod:`distill.prune.sparse_export`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ from torch import nn
 from torch.nn.utils import prune
 
 from distill.errors import ConfigError
+from distill.prune.patterns import check_divisible, parse_pattern, semi_structured_masks
+from distill.prune.sparsity import named_prunable_linears, prunable_linears, sparsity
+
+KEY = "callbacks.magnitude_pruning"
+
+__all__ = ["KEY", "MagnitudePruning", "cubic_sparsity", "prunable_linears", "sparsity"]
 
 
 def cubic_sparsity(step: int, total: int, final: float, initial: float = 0.0, start: float = 0.0,
@@ -27,43 +36,45 @@ def cubic_sparsity(step: int, total: int, final: float, initial: float = 0.0, st
     return final + (initial - final) * (1.0 - progress) ** 3
 
 
-def prunable_linears(model: nn.Module, skip: tuple[str, ...] = ("classifier", "pooler")) -> list[nn.Linear]:
-    """The linear layers of ``model`` whose weights are pruned (not the task head or the pooler)."""
-    return [m for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not any(part in skip for part in name.split("."))]
-
-
-def sparsity(modules: list[nn.Linear]) -> float:
-    """Fraction of exact zeros in the weights of ``modules``."""
-    zeros = sum(int((m.weight == 0).sum()) for m in modules)
-    return zeros / max(1, sum(m.weight.numel() for m in modules))
+def _is_fraction(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
 
 
 class MagnitudePruning(L.Callback):
-    """Gradual unstructured magnitude pruning of ``pl_module.student`` (see the module docstring).
+    """Gradual magnitude pruning of ``pl_module.student`` (see the module docstring).
 
     Args:
-        sparsity: the final fraction of zero weights, in [0, 1).
+        sparsity: the final fraction of zero weights, in [0, 1) (with ``pattern=N:M``: ``1 - N/M`` to 3 decimals).
         scope: ``global`` (one threshold over all pruned layers) or ``layer`` (the same fraction per layer).
         start_fraction / end_fraction: where in training the schedule starts and reaches ``sparsity``.
         frequency: steps between mask updates.
+        pattern: ``unstructured`` or ``N:M`` (``2:4``: in each group of 4 consecutive weights the 2 largest stay).
     """
 
     SCOPES = ("global", "layer")
 
     def __init__(self, sparsity: float = 0.5, scope: str = "global", start_fraction: float = 0.0,
-                 end_fraction: float = 0.8, frequency: int = 10) -> None:
-        if not 0.0 <= sparsity < 1.0:
-            raise ConfigError(f"prune.sparsity={sparsity!r} must be in [0, 1).")
+                 end_fraction: float = 0.8, frequency: int = 10, pattern: str = "unstructured") -> None:
+        if not _is_fraction(sparsity) or not 0.0 <= sparsity < 1.0:
+            raise ConfigError(f"{KEY}.sparsity={sparsity!r} must be a fraction of zero weights in [0, 1).")
         if scope not in self.SCOPES:
-            raise ConfigError(f"prune.scope={scope!r} is not one of {', '.join(self.SCOPES)}.")
-        if not 0.0 <= start_fraction < end_fraction <= 1.0:
-            raise ConfigError(f"prune.start_fraction={start_fraction} and prune.end_fraction={end_fraction} must "
+            raise ConfigError(f"{KEY}.scope={scope!r} is not one of {', '.join(self.SCOPES)}.")
+        if not (_is_fraction(start_fraction) and _is_fraction(end_fraction)
+                and 0.0 <= start_fraction < end_fraction <= 1.0):
+            raise ConfigError(f"{KEY}.start_fraction={start_fraction} and {KEY}.end_fraction={end_fraction} must "
                               "satisfy 0 <= start < end <= 1.")
-        if frequency < 1:
-            raise ConfigError(f"prune.frequency={frequency} must be a positive number of steps.")
+        if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+            raise ConfigError(f"{KEY}.frequency={frequency!r} must be a positive number of steps.")
+        self.n_m = parse_pattern(pattern, f"{KEY}.pattern")
+        if self.n_m is not None:
+            n, m = self.n_m
+            if abs(sparsity - (1 - n / m)) > 5e-4:
+                raise ConfigError(f"{KEY}.sparsity={sparsity} does not match pattern={pattern}, which keeps {n} of "
+                                  f"every {m} weights; set sparsity={1 - n / m:.3g}.")
+            sparsity = 1 - n / m  # exactly
         self.target, self.scope, self.start, self.end, self.frequency = (
             sparsity, scope, start_fraction, end_fraction, frequency)
+        self.pattern = pattern
         self.masks: dict[nn.Linear, torch.Tensor] = {}
         self.current = 0.0
 
@@ -71,11 +82,27 @@ class MagnitudePruning(L.Callback):
     def _model(pl_module: L.LightningModule) -> nn.Module:
         return getattr(pl_module, "student", pl_module)
 
+    def check_student(self, model: nn.Module) -> None:
+        """The model-dependent check: an ``N:M`` pattern needs every pruned layer's inputs in whole groups."""
+        if self.n_m is not None:
+            shapes = {name: tuple(m.weight.shape) for name, m in named_prunable_linears(model)}
+            check_divisible(shapes, self.n_m[1], f"{KEY}.pattern={self.pattern}")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.check_student(self._model(pl_module))  # before the first step
+
     @torch.no_grad()
     def prune_to(self, model: nn.Module, amount: float) -> None:
-        """Zero the ``amount`` smallest-magnitude weights (global or per layer); remember the masks."""
+        """Zero the ``amount`` smallest-magnitude weights (global or per layer, unstructured or among the
+        ``N:M`` candidates); remember the masks."""
         modules = prunable_linears(model)
-        if self.scope == "global":
+        if self.n_m is not None:
+            self.check_student(model)
+            masks = semi_structured_masks([m.weight for m in modules], amount, *self.n_m, self.scope)
+            for m, mask in zip(modules, masks, strict=True):
+                prune.custom_from_mask(m, "weight", mask)
+        elif self.scope == "global":
             prune.global_unstructured([(m, "weight") for m in modules], prune.L1Unstructured, amount=amount)
         else:
             for m in modules:

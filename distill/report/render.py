@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.checkpoint import replace_atomically
-from distill.report.vocab import vocab_trim_line
+from distill.report.chart import SPARSE
 
 
 def columns(report: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -18,7 +18,8 @@ def columns(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [
         ("model", "model", "{}"), ("format", "format", "{}"), ("precision", "precision", "{}"),
         ("runtime", "runtime", "{}"), ("score", metric, "{:.4f}"), ("retention", "retention", "{:.1%}"),
-        ("parameters", "params", "{:,}"), ("parameters_embeddings", "emb params", "{:,}"),
+        ("geometry", "geometry", "{}"), ("parameters", "params", "{:,}"),
+        ("parameters_embeddings", "emb params", "{:,}"), ("sparsity", "sparsity", "{:.1%}"),
         ("size_mb", "size MB", "{:.2f}"), ("compression_size", "size ÷", "{:.1f}x"),
         ("latency_ms", "ms p50", "{:.2f}"), ("latency_p90_ms", "ms p90", "{:.2f}"),
         ("throughput_eps", f"ex/s @b{batch}", "{:.1f}"), ("speedup_latency", "speed-up", "{:.1f}x"),
@@ -81,6 +82,38 @@ def _parity_line(report: dict[str, Any]) -> str | None:
     return f"Parity vs `{ref}` over the whole evaluated split: " + "; ".join(parts) + "."
 
 
+def sparsity_note(report: dict[str, Any]) -> str | None:
+    """One paragraph for reports with sparse rows: what the column measures, what the zeros cost and save
+    (the size of each compressed export beside its dense size), and that latency is measured on dense kernels."""
+    rows = report.get("models") or []
+    sparse = [r for r in rows if (r.get("sparsity") or 0.0) >= SPARSE]
+    if not sparse:
+        return None
+    levels = ", ".join(f"{r['model']} {r['sparsity']:.1%}" for r in sparse)
+    outside = [f"`{r['model']}`" for r in sparse if r.get("runtime") not in (None, "torch")]
+    if outside:
+        levels += f" ({', '.join(outside)}: counted on the PyTorch weights it was exported from)"
+    exports = [f"`{r['model']}` {r['size_mb']:.2f} MB vs {r['notes']['dense_size_mb']:.2f} MB dense"
+               for r in rows if (r.get("notes") or {}).get("dense_size_mb") is not None and r.get("size_mb")]
+    stored = (f" Compressed export (the zeros left out, {rows_layout(rows)}): " + "; ".join(exports) + "."
+              if exports else " No compressed export was written: each size is that of the dense file.")
+    return (f"Sparsity is the share of exact zeros in the weights of the linear layers (task head and pooler "
+            f"excluded), measured on each model: {levels}.{stored} Zeros do not speed up dense CPU kernels: "
+            "every latency here is measured as the model runs, on dense kernels, so a sparse model runs at the "
+            "speed of a dense model of its shape.")
+
+
+def rows_layout(rows: list[dict[str, Any]]) -> str:
+    """The storage layout the compressed exports name in their notes (``bitmask + non-zero values`` ...)."""
+    layouts = sorted({str(r["notes"]["layout"]) for r in rows if (r.get("notes") or {}).get("layout")})
+    return ", ".join(layouts) or "sparse layout"
+
+
+def report_notes(report: dict[str, Any]) -> list[str]:
+    """The paragraphs printed and written under the table (parity, sparsity), those that apply."""
+    return [line for line in (_parity_line(report), sparsity_note(report)) if line]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """A markdown page: the task and split, settings and hardware, the table, then the parity line."""
     header, body = _cells(report, "–")
@@ -89,9 +122,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Report: {report.get('task', '?')} ({split}{examples})", "", _settings_line(report), "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
              *("| " + " | ".join(cells) + " |" for cells in body)]
-    for extra in (_parity_line(report), vocab_trim_line(report)):
-        if extra:
-            lines += ["", extra]
+    for paragraph in report_notes(report):
+        lines += ["", paragraph]
     return "\n".join(lines) + "\n"
 
 

@@ -24,7 +24,7 @@ import yaml
 
 DONE, INCOMPLETE = "done", "failed/unfinished"
 # per-model fields of report.json rows that go into the table
-MODEL_FIELDS = ("score", "retention", "parameters", "size_mb", "latency_ms", "latency_p90_ms", "throughput_eps",
+MODEL_FIELDS = ("score", "retention", "parameters", "sparsity", "size_mb", "latency_ms", "latency_p90_ms", "throughput_eps",
                 "compression_size", "speedup_latency")
 # columns of the markdown table after the overrides: (column, header, format)
 TABLE_COLUMNS = [

@@ -13,6 +13,12 @@ Every row has every key below (``None`` where it does not apply or was not measu
 ``parameters``             parameter count (shared tensors counted once)
 ``parameters_embeddings``  of which embedding tables (word, position, token type)
 ``parameters_other``       the rest (``parameters_embeddings + parameters_other == parameters``)
+``geometry``               the model's shape, from its config: ``L<layers> H<hidden> A<heads> F<FFN width>``
+                           (a cut or neuron-pruned student shows its smaller widths here)
+``sparsity``               share of exact zeros in the stored weights of its linear layers (task head and
+                           pooler excluded: what magnitude pruning prunes), measured on the model itself
+                           (:mod:`distill.prune.sparsity`); for an artifact that runs outside torch, on the
+                           module it was exported from (``params_of``)
 ``size_mb``                weight files on disk, MB (10⁶ bytes); tokenizer and config not counted
 ``latency_ms``             median CPU latency, ms per example at batch 1 (the p50)
 ``latency_p90_ms``         90th percentile of the same runs
@@ -38,6 +44,7 @@ from typing import Any
 from torch import nn
 
 from distill.data.tasks import TaskSpec
+from distill.prune.sparsity import model_sparsity
 from distill.report.entry import ModelEntry
 from distill.report.timing import size_on_disk_mb
 
@@ -63,6 +70,22 @@ def parameter_split(model: nn.Module | None) -> dict[str, int | None]:
     return {"parameters": total, "parameters_embeddings": emb, "parameters_other": total - emb}
 
 
+def geometry(model: nn.Module | None) -> str | None:
+    """``"L4 H312 A12 F1200"`` from ``model.config`` (layers, hidden size, heads, FFN width); the FFN width is
+    read off the first layer's ``intermediate.dense`` where there is one (what neuron pruning slices)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    fields = {"L": "num_hidden_layers", "H": "hidden_size", "A": "num_attention_heads", "F": "intermediate_size"}
+    values = {k: getattr(config, name, None) for k, name in fields.items()}
+    encoder = getattr(getattr(model, "base_model", model), "encoder", None)
+    first = next(iter(getattr(encoder, "layer", None) or []), None)
+    ffn = getattr(getattr(first, "intermediate", None), "dense", None)
+    if isinstance(ffn, nn.Linear):
+        values["F"] = ffn.out_features
+    return " ".join(f"{k}{v}" for k, v in values.items() if isinstance(v, int)) or None
+
+
 def _runtime(entry: ModelEntry) -> str | None:
     return entry.runtime or ("torch" if isinstance(entry.model, nn.Module) else None)
 
@@ -73,7 +96,8 @@ def make_row(entry: ModelEntry, task: TaskSpec, metrics: dict[str, float], speed
     row: dict[str, Any] = {
         "model": entry.name, "format": entry.format, "precision": entry.precision, "runtime": _runtime(entry),
         "metric": task.main_metric, "score": metrics.get(task.main_metric), "metrics": dict(metrics),
-        **parameter_split(entry.counted),
+        **parameter_split(entry.counted), "geometry": geometry(entry.counted),
+        "sparsity": model_sparsity(entry.counted),
         "size_mb": size_on_disk_mb(entry.path) if entry.path is not None else None,
     }
     row.update({key: (speed or {}).get(key) for key in SPEED_KEYS})

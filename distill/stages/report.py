@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from distill.report import ReportSettings, build_report, flat_metrics, format_table, write_report
+from distill.report.render import sparsity_note
 
 
 def report_models(cfg: DictConfig, dm, output_dir: Path, entries: list) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -24,5 +25,7 @@ def report_models(cfg: DictConfig, dm, output_dir: Path, entries: list) -> tuple
     report.update({"split": split, "eval_examples": len(dm.datasets[split]),
                    "train_examples": len(dm.datasets["train"]) if "train" in dm.datasets else None})
     write_report(output_dir, report)
-    print(f"\n{dm.spec.name} {split} ({report['eval_examples']} examples)\n{format_table(report)}\n", flush=True)
+    note = sparsity_note(report)  # zeros measured, compressed sizes, dense-kernel latency
+    below = f"\n{note}\n" if note else ""
+    print(f"\n{dm.spec.name} {split} ({report['eval_examples']} examples)\n{format_table(report)}\n{below}", flush=True)
     return flat_metrics(report), {"report": report, "rows": report["models"]}

@@ -36,12 +36,35 @@ def test_sparsity_reaches_its_target_and_survives_save_load(tmp_path, scope):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"sparsity": 1.0}, r"prune.sparsity=1.0 must be in \[0, 1\)."),
-    ({"sparsity": -0.1}, r"prune.sparsity=-0.1 must be in \[0, 1\)."),
-    ({"scope": "row"}, "prune.scope='row' is not one of global, layer."),
+    ({"sparsity": 1.0}, r"callbacks.magnitude_pruning.sparsity=1.0 must be a fraction of zero weights in \[0, 1\)."),
+    ({"sparsity": -0.1}, r"callbacks.magnitude_pruning.sparsity=-0.1 must be a fraction of zero weights in \[0, 1\)."),
+    ({"sparsity": "half"}, r"callbacks.magnitude_pruning.sparsity='half' must be a fraction"),
+    ({"scope": "row"}, "callbacks.magnitude_pruning.scope='row' is not one of global, layer."),
     ({"start_fraction": 0.9, "end_fraction": 0.5}, "must satisfy 0 <= start < end <= 1"),
-    ({"frequency": 0}, "prune.frequency=0 must be a positive number of steps."),
+    ({"frequency": 0}, "callbacks.magnitude_pruning.frequency=0 must be a positive number of steps."),
+    ({"pattern": "4:2"}, "callbacks.magnitude_pruning.pattern='4:2' is not allowed; use unstructured or N:M"),
 ])
 def test_bad_sparsity_settings(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         MagnitudePruning(**kwargs)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("callbacks.magnitude_pruning.sparsity=1.5", "callbacks.magnitude_pruning.sparsity=1.5 must be a fraction of "
+                                                 "zero weights in [0, 1)."),
+    ("callbacks.magnitude_pruning.pattern=2:8", "callbacks.magnitude_pruning.sparsity=0.5 does not match "
+                                                "pattern=2:8, which keeps 2 of every 8 weights; set sparsity=0.75."),
+    ("callbacks.magnitude_pruning.pattern=diagonal", "callbacks.magnitude_pruning.pattern='diagonal' is not allowed"),
+])
+def test_bad_values_stop_the_command_before_any_work(glue_dir, tiny_teacher, tmp_path, monkeypatch, capsys,
+                                                     override, message):
+    """``python train.py +prune=magnitude <bad value>``: one sentence, exit code 2, no checkpoint written."""
+    from conftest import fast_overrides
+    from test_train import _main_in_process
+
+    args = [*fast_overrides(glue_dir, tiny_teacher, tmp_path / "cache"), f"paths.log_dir={tmp_path}",
+            "+prune=magnitude", override]
+    code, err = _main_in_process(args, monkeypatch, capsys)
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err[-2000:]
+    assert "Traceback" not in err and not list(tmp_path.glob("**/checkpoints"))

@@ -110,3 +110,29 @@ def test_chart_without_speed_uses_size(report, tmp_path):
         row["latency_ms"] = None
     write_report(tmp_path, report)
     assert (tmp_path / "report.png").stat().st_size > 5000
+
+
+def test_sparsity_column_and_note_with_the_compressed_size(report, tmp_path):
+    from distill.report.chart import chart_points
+
+    assert "sparsity" in [h for _, h, _ in columns(report)]
+    assert "Zeros do not speed up" not in to_markdown(report)  # no sparse row: no note
+    rows = report["models"]
+    for row in rows:
+        row["sparsity"] = 0.0 if row["model"] == "teacher" else 0.9
+    rows.append(dict(rows[1], model="student_sparse", format="safetensors-bitmask", size_mb=5.25,
+                     notes={"dense_size_mb": 16.0, "layout": "1-bit mask + values"}))
+    md = to_markdown(report)
+    assert "| student_sparse | safetensors-bitmask | fp32 | torch | 0.8500 | 94.4% | – | 1,000,000 | 600,000 | 90.0% " \
+           "| 5.25 |" in md
+    note = next(line for line in md.splitlines() if line.startswith("Sparsity is"))
+    assert "student 90.0%" in note and "teacher" not in note.split(":")[1]
+    assert "`student_onnx_int8`: counted on the PyTorch weights it was exported from" in note
+    assert "(the zeros left out, 1-bit mask + values): `student_sparse` 5.25 MB vs 16.00 MB dense." in note
+    assert "Zeros do not speed up dense CPU kernels" in note
+    points = chart_points(rows)
+    assert [p["model"] for p in points] == ["student_onnx_int8", "student_int8_ptq", "student", "student_sparse",
+                                            "teacher"]  # every row, in latency order
+    assert points[3]["label"] == "student_sparse\n5.2 MB, 90% zeros" and points[4]["label"] == "teacher\n90.0 MB"
+    write_report(tmp_path, report)
+    assert (tmp_path / "report.png").stat().st_size > 5000

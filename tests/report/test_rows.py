@@ -82,3 +82,28 @@ def test_runtime_load_time_and_memory_become_columns_only_when_measured(tmp_path
     keys = lambda rows: [key for key, _, _ in columns({"models": rows})]  # noqa: E731
     assert keys([plain, measured])[-2:] == ["load_ms", "peak_memory_mb"]
     assert "load_ms" not in keys([plain])
+
+
+def test_geometry_and_sparsity_are_measured_on_the_model(tmp_path):
+    """A neuron-pruned student's row shows its narrower FFN and its real parameter count; a student with hand-made
+    zeros shows their share (task head and pooler excluded)."""
+    from distill.prune.neuron import slice_ffn
+
+    task = get_task("sst2")
+    model, _ = make_tiny_bert(tmp_path, layers=2, hidden=32, heads=2)  # FFN 64
+    dense = make_row(ModelEntry("student", model, None), task, {}, None, None)
+    assert (dense["geometry"], dense["sparsity"]) == ("L2 H32 A2 F64", 0.0)
+    slice_ffn(model, [torch.arange(0, 64, 4), torch.arange(16)])  # keep 16 of 64 neurons in both layers
+    with torch.no_grad():
+        model.bert.encoder.layer[0].attention.self.query.weight[:8] = 0.0  # 8 x 32 = 256 zeros
+        model.classifier.weight.zero_()
+    pruned = make_row(ModelEntry("student", model, None), task, {}, None, None)
+    # 2 layers x (4 x 32 x 32 + 2 x 32 x 16) = 10,240 pruned-layer weights; 48 neurons x (32 + 1 + 32) x 2 fewer
+    assert pruned["geometry"] == "L2 H32 A2 F16" and model.config.intermediate_size == 16
+    assert pruned["parameters"] == dense["parameters"] - 2 * 48 * (32 + 1 + 32)
+    assert pruned["sparsity"] == 256 / 10240
+    # an artifact that runs outside torch: measured on the module it was exported from; none: None
+    onnx = make_row(ModelEntry("student_onnx", lambda **_: None, None, params_of=model), task, {}, None, None)
+    assert (onnx["geometry"], onnx["sparsity"]) == ("L2 H32 A2 F16", 256 / 10240)
+    bare = make_row(ModelEntry("coreml", None, None), task, {}, None, None)
+    assert (bare["geometry"], bare["sparsity"]) == (None, None)
