@@ -1,4 +1,4 @@
-"""Several processes (DDP) on one engine: Lightning's DDP strategy, with three things it does not do for us.
+"""Several processes (DDP) on one engine: Lightning's DDP strategy, with four things it does not do for us.
 
 * **Shards of our resumable order.** Lightning replaces a ``torch.utils.data.RandomSampler`` with a
   ``DistributedSampler`` but wraps any other sampler — ours is torchdata's stateful one — in a
@@ -8,7 +8,12 @@
   ranks' shards overlap and miss examples. :meth:`DDPStrategy.process_dataloader` swaps the wrapper for
   torchdata's ``StatefulDistributedSampler`` (``seed + epoch``: the same permutation on every rank and for every
   world size; rank ``r`` takes positions ``r, r + W, ...``), whose position the ``StatefulDataLoader`` keeps
-  in every checkpoint, so a killed DDP run resumes on the same batches.
+  in every checkpoint, so a killed DDP run resumes on the same batches. (Lightning puts the wrapper inside the
+  loader's torchdata ``BatchSampler``, not in ``loader.sampler``: :func:`distributed_wrapper` looks in both.)
+* **Every rank's random generators in the checkpoint.** Lightning writes rank 0's callback states only, so a
+  resumed rank 1 would draw rank 0's dropout masks; :meth:`DDPStrategy.save_checkpoint` gathers every rank's
+  and :meth:`DDPStrategy.load_checkpoint` hands each rank its own (``tests/test_ddp_resume.py``: a 2-process
+  job SIGKILLed mid-epoch resumes to the uninterrupted run's weights and optimizer state, bit for bit).
 * **One folder per Hydra job.** Lightning starts ranks ``1..N-1`` as ``python train.py <the same argv>
   hydra.run.dir=<run.dir>``; under ``-m`` that re-runs the whole sweep in folders of its own (``run.dir`` is
   not the job's folder). :class:`JobScriptLauncher` starts them as a single run of *this job* (its overrides,
@@ -136,6 +141,16 @@ def end_job(failed: bool = False) -> None:
         _launchers.pop().end(failed)
 
 
+def distributed_wrapper(dataloader: object) -> DistributedSamplerWrapper | None:
+    """The ``DistributedSamplerWrapper`` Lightning put into ``dataloader``, if any. Our ``StatefulDataLoader``s
+    carry torchdata's ``BatchSampler``, which Lightning treats as a custom batch sampler: it rebuilds that batch
+    sampler around the wrapper and leaves ``dataloader.sampler`` a plain ``SequentialSampler``."""
+    for sampler in (getattr(dataloader, "sampler", None), getattr(getattr(dataloader, "batch_sampler", None), "sampler", None)):
+        if isinstance(sampler, DistributedSamplerWrapper):
+            return sampler
+    return None
+
+
 class DDPStrategy(_LightningDDP):
     """``lightning.pytorch.strategies.DDPStrategy`` with per-rank shards of the resumable training order and
     one folder per Hydra job (see the module docstring)."""
@@ -146,8 +161,8 @@ class DDPStrategy(_LightningDDP):
             self._launcher = JobScriptLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
     def process_dataloader(self, dataloader: object) -> object:
-        sampler = getattr(dataloader, "sampler", None)
-        if isinstance(sampler, DistributedSamplerWrapper):
+        sampler = distributed_wrapper(dataloader)
+        if sampler is not None:
             inner = sampler.dataset._sampler
             if callable(getattr(inner, "shard", None)):  # our training samplers: each knows its per-rank form
                 shards = inner.shard(sampler.num_replicas, sampler.rank, sampler.seed, sampler.drop_last)
@@ -159,6 +174,46 @@ class DDPStrategy(_LightningDDP):
                 return super().process_dataloader(dataloader)
             dataloader = _update_dataloader(dataloader, shards, mode=RunningStage.TRAINING)
         return super().process_dataloader(dataloader)
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        """Every rank's callback states into rank 0's file (see :func:`gather_rank_states`); all ranks call this."""
+        gather_rank_states(checkpoint, self.world_size)
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
+        return own_rank_states(super().load_checkpoint(checkpoint_path, weights_only=weights_only), self.global_rank,
+                               self.world_size)
+
+
+RANK_STATES = "callbacks_per_rank"
+
+
+def gather_rank_states(checkpoint: dict, world_size: int) -> None:
+    """Add every rank's callback states to ``checkpoint`` (``callbacks_per_rank``, indexed by rank; a collective).
+
+    Lightning writes rank 0's callback states only, so a resumed rank 1 would restore rank 0's random generators
+    (``distill.checkpoint.RNGState``) and draw rank 0's dropout masks: the resumed run would leave the one that
+    never stopped. Tensors and plain lists only, so the file still loads with ``weights_only=True``."""
+    if world_size < 2 or not (dist.is_available() and dist.is_initialized()):
+        return
+    states: list = [None] * world_size
+    dist.all_gather_object(states, checkpoint.get("callbacks", {}))
+    checkpoint[RANK_STATES] = states
+
+
+def own_rank_states(checkpoint: dict, rank: int, world_size: int) -> dict:
+    """``checkpoint`` with this rank's own callback states (saved by :func:`gather_rank_states`). Resumed on
+    another number of processes, every rank takes rank 0's: the shards of the data differ then anyway, so the
+    run goes on from the checkpoint but not on exactly the batches and draws it would have seen."""
+    states = checkpoint.pop(RANK_STATES, None)
+    if states is None:
+        return checkpoint
+    if len(states) == world_size:
+        checkpoint["callbacks"] = states[rank]
+    elif rank == 0:
+        log.warning("the checkpoint was written by %d processes and resumes on %d: each rank's data shard and "
+                    "random draws differ from those of the run that wrote it", len(states), world_size)
+    return checkpoint
 
 
 class GlobalTrainLoss(L.Callback):
