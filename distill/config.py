@@ -120,9 +120,13 @@ def check_trainer_scale(trainer: Any) -> None:
                               "node with _target_ (trainer=ddp, ddp_cpu or fsdp).")
     accelerator = str(trainer.get("accelerator", "auto"))
     target = str(strategy.get("_target_")) if isinstance(strategy, Mapping) else str(strategy)
-    if ("fsdp" in target.lower()) and accelerator not in ("gpu", "cuda", "auto"):
+    backend = strategy.get("process_group_backend") if isinstance(strategy, Mapping) else None
+    if backend == "nccl" and accelerator == "cpu":
+        raise ConfigError("trainer.strategy.process_group_backend=nccl runs on CUDA GPUs only, not "
+                          "trainer.accelerator=cpu; on CPU use gloo (trainer=ddp_cpu or trainer=fsdp_cpu).")
+    if "fsdp" in target.lower() and accelerator not in ("gpu", "cuda", "auto") and target != "distill.distributed.FSDPStrategy":
         raise ConfigError(f"trainer.strategy={target} runs on CUDA GPUs only (Lightning's FSDP), not "
-                          f"trainer.accelerator={accelerator}; on CPU use trainer=ddp_cpu.")
+                          f"trainer.accelerator={accelerator}; on CPU use trainer=fsdp_cpu or trainer=ddp_cpu.")
     devices, nodes = trainer.get("devices", "auto"), trainer.get("num_nodes", 1)
     if not _devices_ok(devices):
         raise ConfigError(f"trainer.devices={devices!r} must be a positive number of devices, -1 (all), auto, or "

@@ -22,6 +22,9 @@
 * **Rank zero writes.** :func:`is_global_zero` and :func:`barrier` for the stages: every rank fits, only rank
   0 writes the run folder's files (report, student, caches), the others return after fitting.
 
+:class:`FSDPStrategy` (``trainer=fsdp`` / ``fsdp_cpu``) adds the same to Lightning's FSDP, plus norm clipping, the CPU
+(gloo), and a plain, unsharded module at the end of each fit (see its docstring).
+
 The teacher is never wrapped for gradient sync: ``DistillationModule`` freezes it (``requires_grad=False``)
 and DDP builds its gradient buckets from parameters that require grad only, so each rank holds a full
 replica of the teacher and runs it forward only (``tests/test_distributed.py`` checks the buckets).
@@ -39,10 +42,20 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import DDPStrategy as _LightningDDP
+from lightning.pytorch.strategies import FSDPStrategy as _LightningFSDP
+from lightning.pytorch.strategies.fsdp import _setup_activation_checkpointing
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn, TrainerStatus
 from lightning.pytorch.utilities.data import _update_dataloader
+from torch.distributed.fsdp import (
+    FullOptimStateDictConfig,
+    FullStateDictConfig,
+    FullyShardedDataParallel,
+    OptimStateKeyType,
+    StateDictType,
+)
 from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRandomSampler
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
@@ -151,9 +164,9 @@ def distributed_wrapper(dataloader: object) -> DistributedSamplerWrapper | None:
     return None
 
 
-class DDPStrategy(_LightningDDP):
-    """``lightning.pytorch.strategies.DDPStrategy`` with per-rank shards of the resumable training order and
-    one folder per Hydra job (see the module docstring)."""
+class _RankAware:
+    """What our DDP and FSDP strategies add to Lightning's (mixed in before the Lightning class): one folder per
+    Hydra job, per-rank shards of the resumable order, every rank's callback states in the checkpoint."""
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
@@ -183,6 +196,130 @@ class DDPStrategy(_LightningDDP):
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
         return own_rank_states(super().load_checkpoint(checkpoint_path, weights_only=weights_only), self.global_rank,
                                self.world_size)
+
+
+class DDPStrategy(_RankAware, _LightningDDP):
+    """``lightning.pytorch.strategies.DDPStrategy`` with per-rank shards of the resumable training order, every
+    rank's random generators in checkpoints and one folder per Hydra job (see the module docstring)."""
+
+
+class FSDPStrategy(_RankAware, _LightningFSDP):
+    """Lightning's ``FSDPStrategy`` (``conf/trainer/fsdp.yaml``) with what :class:`DDPStrategy` adds, and:
+
+    * **A plain model after the fit.** Inside the fit the models' parameters are shards (each rank holds a slice
+      of every FSDP unit); what follows a fit — loading the best checkpoint, saving the Hugging Face student,
+      the report, the next phase — needs whole tensors. At the end of a fit that ran to completion
+      :meth:`teardown` gathers the full state dict (a collective: every rank takes part), takes the FSDP
+      wrappers out of the module tree and puts the full tensors back (:func:`unshard`), on every rank, on the
+      CPU; rank 0 then writes the student as in one process. A fit that failed is left as it is (the other
+      ranks may never reach the gather).
+    * **CPU (gloo).** torch's FSDP takes the CPU only when it is named as the device (Lightning passes
+      ``device_id=None`` there, which torch reads as "the accelerator"), and offloading the gathered state dict
+      to the CPU crashes when there is no accelerator: on CPU :meth:`_setup_model` names the device and full
+      state dicts are gathered without offload. For tests and CPU-only boxes; a GPU run is unchanged.
+    """
+
+    def setup(self, trainer) -> None:
+        plugin = self.precision_plugin  # Lightning's refuses gradient_clip_val (clipping by norm): ours clips
+        self.precision_plugin = NormClippingFSDPPrecision(plugin.precision, **({"scaler": plugin.scaler} if plugin.scaler else {}))
+        super().setup(trainer)
+        self.precision_plugin.root = self.model
+
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.root_device.type != "cpu" or any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            return super()._setup_model(model)
+        model = FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload, sharding_strategy=self.sharding_strategy,
+                                         mixed_precision=self.mixed_precision_config, device_id=self.root_device,
+                                         **self.kwargs)
+        _setup_activation_checkpointing(model, self._activation_checkpointing_kwargs)
+        return model
+
+    def lightning_module_state_dict(self) -> dict:
+        if self.root_device.type != "cpu" or self._state_dict_type != "full":
+            return super().lightning_module_state_dict()
+        with full_state_dict_type(self.model, rank0_only=True):
+            return self.model.state_dict()
+
+    def optimizer_state(self, optimizer) -> dict:
+        if self.root_device.type != "cpu" or self._state_dict_type != "full":
+            return super().optimizer_state(optimizer)
+        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's own
+        with full_state_dict_type(self.model, rank0_only=True):
+            state = FullyShardedDataParallel.optim_state_dict(self.model, optimizer)
+            if self.global_rank == 0:  # the standard layout (parameter ids), as Lightning stores it
+                state = FullyShardedDataParallel.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, self.model)
+            return state
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
+        # Lightning loads a full checkpoint into the root unit strictly, and ours hold no teacher
+        # (DistillationModule.on_save_checkpoint): its keys, and only its, may be missing (the live one stays)
+        hook = self.model.register_load_state_dict_post_hook(_teacher_not_in_checkpoints)
+        try:
+            return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        finally:
+            hook.remove()
+
+    def teardown(self) -> None:
+        module = self.lightning_module
+        trainer = getattr(module, "_trainer", None) if module is not None else None
+        if (isinstance(self.model, FullyShardedDataParallel) and trainer is not None
+                and trainer.state.fn == TrainerFn.FITTING and trainer.state.status == TrainerStatus.RUNNING):
+            self.model = unshard(self.model)
+        super().teardown()
+
+
+class NormClippingFSDPPrecision(FSDPPrecision):
+    """Lightning's FSDP precision plugin, with ``trainer.gradient_clip_val`` (clip by norm) working: the norm of the
+    whole gradient, over every rank's shards, clipped by the root FSDP unit's ``clip_grad_norm_`` (Lightning's
+    plugin has no reference to the root unit and refuses; ``torch.nn.utils.clip_grad_norm_`` would clip each
+    rank's shard by its own norm)."""
+
+    root: FullyShardedDataParallel | None = None
+
+    def clip_grad_by_norm(self, optimizer, clip_val: float) -> None:
+        self.root.clip_grad_norm_(clip_val)
+
+
+def _teacher_not_in_checkpoints(module, incompatible) -> None:
+    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys
+                                    if not k.replace("_fsdp_wrapped_module.", "").startswith("teacher.")]
+
+
+def full_state_dict_type(model: FullyShardedDataParallel, rank0_only: bool):
+    """FSDP's full (gathered) state-dict mode for ``model``; offloaded to the CPU from an accelerator only."""
+    offload = next(model.parameters()).device.type != "cpu"
+    return FullyShardedDataParallel.state_dict_type(
+        model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=offload, rank0_only=rank0_only),
+        FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=rank0_only))
+
+
+def unshard(model: FullyShardedDataParallel) -> torch.nn.Module:
+    """The module ``model`` wraps, with every nested FSDP unit replaced by the module it wraps and every
+    parameter whole again, on the CPU (a collective: call it on every rank). Needs ``use_orig_params=True``
+    (conf/trainer/fsdp.yaml), under which the wrapped modules keep their own parameter names."""
+    with full_state_dict_type(model, rank0_only=False):
+        state = model.state_dict()
+    inner = model.module
+
+    def unwrap(parent: torch.nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FullyShardedDataParallel):
+                child = child.module
+                setattr(parent, name, child)
+            unwrap(child)
+
+    unwrap(inner)
+    names = {name for name, _ in inner.named_parameters(remove_duplicate=False)}
+    if not names <= state.keys():
+        raise RuntimeError(f"FSDP's full state dict lacks {sorted(names - state.keys())[:3]}: is use_orig_params on?")
+    for key, value in state.items():  # the shards are views of other shapes: put whole tensors in their place
+        owner, _, attr = key.rpartition(".")
+        sub = inner.get_submodule(owner)
+        if attr in sub._parameters:  # requires_grad kept: a frozen teacher stays frozen
+            sub._parameters[attr] = torch.nn.Parameter(value, requires_grad=sub._parameters[attr].requires_grad)
+        elif attr in sub._buffers:
+            sub._buffers[attr] = value
+    return inner.cpu()
 
 
 RANK_STATES = "callbacks_per_rank"

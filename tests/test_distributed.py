@@ -113,7 +113,7 @@ def test_fsdp_config_builds_sharding_strategy(tmp_path):
     cfg = compose_cfg(["trainer=fsdp"], tmp_path)
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == -1
     strategy = build(cfg.trainer.strategy, "trainer.strategy")
-    assert isinstance(strategy, FSDPStrategy)
+    assert isinstance(strategy, FSDPStrategy) and type(strategy).__module__ == "distill.distributed"
     assert strategy.sharding_strategy == ShardingStrategy.FULL_SHARD and strategy._state_dict_type == "full"
     assert strategy.kwargs["use_orig_params"] is True  # frozen teacher and trainable student share the root unit
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {BertLayer}

@@ -152,7 +152,9 @@ BAD_INPUTS = [
     (["trainer.devices=0"], "trainer.devices=0 must be a positive number of devices"),
     (["trainer.devices=two"], "trainer.devices='two' must be a positive number of devices"),
     (["trainer.num_nodes=0"], "trainer.num_nodes=0 must be a positive whole number of machines"),
-    (["trainer=fsdp", "trainer.accelerator=cpu"], "runs on CUDA GPUs only (Lightning's FSDP)"),
+    (["trainer=fsdp", "trainer.accelerator=cpu"], "trainer.strategy.process_group_backend=nccl runs on CUDA GPUs only"),
+    (["trainer=fsdp_cpu", "trainer.strategy._target_=lightning.pytorch.strategies.FSDPStrategy"],
+     "runs on CUDA GPUs only (Lightning's FSDP)"),
     # vocabulary trimming during training (#15)
     (["student.trim_vocab=yes please"], "student.trim_vocab='yes please' must be true or false"),
 ]
