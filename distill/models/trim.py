@@ -110,18 +110,20 @@ def _new_tokenizer(tokenizer: PreTrainedTokenizerBase, kept: list[int]) -> BertT
 
 
 def _shrink_embeddings(model: PreTrainedModel, kept: torch.Tensor, pad_id: int | None) -> None:
-    """Keep rows ``kept`` (V',) of the input embedding and of the output layer (tied or not), in place."""
+    """Keep rows ``kept`` (V',) of the input embedding and of the output layer (tied or not), in place.
+
+    No random initialisation is drawn (the new tables are built from the kept rows): the global RNG stream
+    is left as it was, so a run that trims its student draws the same dropout masks as one that does not."""
     old_in = model.get_input_embeddings()
     old_out = model.get_output_embeddings()
     tied = old_out is not None and old_out.weight is old_in.weight
-    new_in = nn.Embedding(len(kept), old_in.embedding_dim, padding_idx=pad_id,
-                          device=old_in.weight.device, dtype=old_in.weight.dtype)
     with torch.no_grad():
-        new_in.weight.copy_(old_in.weight[kept])  # (V', E)
+        rows = old_in.weight[kept].detach().clone()  # (V', E)
+    new_in = nn.Embedding(len(kept), old_in.embedding_dim, padding_idx=pad_id, _weight=rows)
     model.set_input_embeddings(new_in)
     if old_out is not None:
-        new_out = nn.Linear(old_out.in_features, len(kept), bias=old_out.bias is not None,
-                            device=old_out.weight.device, dtype=old_out.weight.dtype)
+        new_out = nn.utils.skip_init(nn.Linear, old_out.in_features, len(kept), bias=old_out.bias is not None,
+                                     device=old_out.weight.device, dtype=old_out.weight.dtype)
         with torch.no_grad():
             new_out.weight = new_in.weight if tied else nn.Parameter(old_out.weight[kept].clone())  # (V', E)
             if old_out.bias is not None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from distill.checkpoint import replace_atomically
 from distill.report.chart import SPARSE
+from distill.report.vocab import vocab_trim_line
 
 
 def columns(report: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -110,8 +111,8 @@ def rows_layout(rows: list[dict[str, Any]]) -> str:
 
 
 def report_notes(report: dict[str, Any]) -> list[str]:
-    """The paragraphs printed and written under the table (parity, sparsity), those that apply."""
-    return [line for line in (_parity_line(report), sparsity_note(report)) if line]
+    """The paragraphs printed and written under the table (parity, sparsity, trimmed vocabulary), those that apply."""
+    return [line for line in (_parity_line(report), sparsity_note(report), vocab_trim_line(report)) if line]
 
 
 def to_markdown(report: dict[str, Any]) -> str:

@@ -122,6 +122,14 @@ def test_trimmed_student_trains_ships_and_scores_what_the_report_says(trim_cfg, 
     assert (trim["examples"], trim["unk_examples_after"], trim["unk_tokens_after"]) == (20, 5, 6)
     assert (trim["vocab_size"], trim["teacher_vocab_size"], trim["unk_tokens_before"]) == (len(kept), len(teacher_tok), 0)
     assert "vocab_trim" not in rows["teacher"]["notes"]
+    # the same run without trimming: the same training (batches, dropout draws, updates), so its student trimmed
+    # afterwards is this one: unused rows get no gradient, and trimming draws no random numbers
+    run(trim_cfg("loss=distilbert", output="plain"))
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "plain" / "student").state_dict()
+    trimmed = model.state_dict()
+    word = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(trimmed[word], plain[word][kept])
+    assert set(trimmed) == set(plain) and all(torch.equal(trimmed[k], plain[k]) for k in plain if k != word)
     assert (f"`student` reads the teacher's vocabulary trimmed to the task's training set ({len(kept)} of "
             f"{len(teacher_tok)} word pieces): 5 of 20 dev examples use a dropped piece (6 of {trim['tokens']} word "
             "pieces); re-split into kept pieces, 5 examples (6 word pieces) still hold a piece mapped to [UNK] (the "
