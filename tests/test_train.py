@@ -91,7 +91,8 @@ def test_killed_run_resumes_automatically_and_ends_like_an_uninterrupted_run(glu
     the same weights and dev metric as the same run never killed (deterministic CPU settings)."""
     common = [*fast_overrides(glue_dir, tiny_teacher, tmp_path / "cache"), "data.max_train_samples=40",
               "data.batch_size=2", "trainer.max_epochs=3", "logger=none", "trainer.deterministic=true",
-              "+callbacks.model_checkpoint.every_n_train_steps=5", "student=tiny"]
+              "+callbacks.model_checkpoint.every_n_train_steps=5", "student=tiny",
+              "student.prune=null"]
     args = [*common, f"paths.log_dir={tmp_path / 'logs'}"]
     proc = _cli(args)
     deadline = time.time() + 240

@@ -138,8 +138,12 @@ def bert_student(
     if prune is not None:
         from distill.prune.cut import as_cut_settings
 
-        return pruned_student(teacher, num_hidden_layers, hidden_size, num_attention_heads, intermediate_size,
-                              attn_implementation, cut=as_cut_settings(prune, "student.prune"))
+        try:
+            return pruned_student(teacher, num_hidden_layers, hidden_size, num_attention_heads, intermediate_size,
+                                  attn_implementation, cut=as_cut_settings(prune, "student.prune"))
+        except ConfigError as err:  # e.g. a teacher narrower than the preset: say how to build it uncut
+            raise ConfigError(f"{str(err).rstrip('.')} (the student is cut from the teacher; student.prune=null "
+                              "builds it with random layers instead).") from None
     if hidden_size % num_attention_heads:
         raise ConfigError(
             f"student.hidden_size={hidden_size} must be divisible by student.num_attention_heads={num_attention_heads}."
