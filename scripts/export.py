@@ -5,12 +5,14 @@ Writes ``<dir>/export/`` (or ``--out``): hf-fp32/, hf-fp16/, int8/ (torchao), on
 onnx/model.int8.onnx with onnx/parity.json; executorch/, litert/, coreml/ (artifacts, manifests, tokenizer),
 each run in its runtime over the dev set and added to the run's report. Mistakes (unknown format, missing
 folder or extra) are reported as one line on stderr with exit status 2; an artifact that fails its parity
-threshold is kept, marked failed, and the exit status is 1.
+threshold is kept, marked failed, and the exit status is 1. The wall and CPU seconds of each step are
+printed on stderr and written to ``<out>/steps.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -21,6 +23,15 @@ from distill.errors import DistillError  # noqa: E402  (light import: no torch)
 FORMATS = ("hf", "int8", "onnx", "executorch", "litert", "coreml")  # kept equal to distill.export.FORMATS (checked in tests)
 # the edge formats are asked for by name: each is checked in its runtime on the task's dev set (--task)
 DEFAULT_FORMATS = ("hf", "int8", "onnx")
+
+
+def _write_steps(out: Path, steps: list[dict], text: str) -> None:
+    """Where the time went (wall and CPU seconds per step): on stderr and in ``<out>/steps.json``."""
+    if not steps:
+        return
+    print(text, file=sys.stderr)
+    if out.is_dir():
+        (out / "steps.json").write_text(json.dumps(steps, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +55,14 @@ def main(argv: list[str] | None = None) -> int:
             raise DistillError(f"{args.dir} is not a directory; give a run folder (with student/) or a saved "
                                "student folder.")
         from distill.export import export
+        from distill.export.steps import recording, summary
 
-        written = export(args.dir, formats, args.out, embeddings=args.embeddings, task=args.task,
-                         data_dir=args.data_dir)
+        with recording() as steps:
+            try:
+                written = export(args.dir, formats, args.out, embeddings=args.embeddings, task=args.task,
+                                 data_dir=args.data_dir)
+            finally:
+                _write_steps(Path(args.out or Path(args.dir) / "export"), steps, summary(steps))
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)
         written = getattr(e, "written", None)  # distill.export.edge.ParityFailed: artifacts kept, exit 1

@@ -60,33 +60,39 @@ def export(path: str | Path, formats: str | Iterable[str] = DEFAULT_FORMATS, out
     ``embeddings`` also quantizes the embedding tables in the int8 formats (the edge int8 formats always do).
     ``task`` / ``data_dir``: the dev data for the edge formats' checks when ``path`` has no run config.
     """
+    from distill.export.steps import step
+
     formats = parse_formats(formats)
     student_dir = resolve_student_dir(path)
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    with step("load the student (imports torch, transformers)"):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        model = AutoModelForSequenceClassification.from_pretrained(student_dir).eval()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(student_dir)
+        except (OSError, ValueError):
+            tokenizer = None
     base = Path(path)
     out = Path(out_dir) if out_dir is not None else base / "export"
-    model = AutoModelForSequenceClassification.from_pretrained(student_dir).eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    except (OSError, ValueError):
-        tokenizer = None
     written: dict[str, str] = {}
     if "hf" in formats:
         from distill.export.hf import export_hf
 
-        written.update({k: str(v) for k, v in export_hf(model, out, tokenizer).items()})
+        with step("hf: fp32 + fp16 folders"):
+            written.update({k: str(v) for k, v in export_hf(model, out, tokenizer).items()})
     if "int8" in formats:
-        from distill.export.int8 import export_int8
+        with step("int8: torchao dynamic int8"):
+            from distill.export.int8 import export_int8
 
-        written["int8"] = str(export_int8(model, out / "int8", tokenizer, embeddings=embeddings))
+            written["int8"] = str(export_int8(model, out / "int8", tokenizer, embeddings=embeddings))
     if "onnx" in formats:
-        from distill.export.onnx import export_onnx_with_int8
+        with step("onnx: export + onnxruntime int8 + parity"):
+            from distill.export.onnx import export_onnx_with_int8
 
-        fp32, int8, parity = export_onnx_with_int8(model, out / "onnx", embeddings=embeddings)
-        (out / "onnx" / "parity.json").write_text(json.dumps(parity, indent=2))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out / "onnx")
+            fp32, int8, parity = export_onnx_with_int8(model, out / "onnx", embeddings=embeddings)
+            (out / "onnx" / "parity.json").write_text(json.dumps(parity, indent=2))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(out / "onnx")
         written.update({"onnx": str(fp32), "onnx-int8": str(int8)})
     edge = tuple(f for f in formats if f in EDGE_FORMATS)
     if edge:

@@ -18,11 +18,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.export.edge import LogitsModule, example_inputs, manifest, require, write_manifest
+from distill.export.edge import LogitsModule, example_inputs, manifest, require, weights_key, write_manifest
 from distill.export.onnx import model_input_names
 
 NOT_CHECKED = "Core ML predictions need macOS: on-device numerics were not checked here"
 QUANTIZED_OPS = ("linear", "matmul", "gather", "gather_along_axis")
+
+
+_CONVERTED: dict[str, Any] = {}  # one slot: the last conversion, reused by the other precision
+
+
+def _convert_once(model: nn.Module, seq_len: int, max_batch: int):
+    """:func:`_convert`, reused when the same model (same weights, unchanged) is converted with the same
+    shapes again: fp16 and int8 are the same ML program (int8 quantizes its weights into a new model)."""
+    key = (id(model), seq_len, max_batch, weights_key(model))
+    if _CONVERTED.get("key") != key or _CONVERTED.get("model") is not model:
+        _CONVERTED.clear()
+        _CONVERTED.update(key=key, model=model, converted=_convert(model, seq_len, max_batch))
+    return _CONVERTED["converted"]
 
 
 def _convert(model: nn.Module, seq_len: int, max_batch: int):
@@ -120,7 +133,7 @@ def export_coreml(
     manifest; ``precision`` ``fp16`` or ``int8`` (int8 weights, fp16 compute)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mlmodel, names = _convert(model, seq_len, max_batch)
+    mlmodel, names = _convert_once(model, seq_len, max_batch)
     if precision == "int8":
         mlmodel = _quantize_weights(mlmodel)
     _save_named(mlmodel, path)

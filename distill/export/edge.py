@@ -118,6 +118,22 @@ def feed(names: Iterable[str], inputs: Mapping[str, Any]) -> list[torch.Tensor]:
     return out
 
 
+def unpadded_length(mask: torch.Tensor, minimum: int = 1) -> int:
+    """How many leading positions of one right-padded example (``mask`` (T,): 1 … 1 0 … 0) to run: its real
+    tokens, at least ``minimum`` (a program's shortest sequence; the extra positions stay masked) and at most
+    T. A row that is not right-padded (left padding, gaps) keeps its full length T."""
+    total, real = int(mask.shape[-1]), int(mask.sum())
+    if real == total or not bool(mask[:real].all()):
+        return total
+    return min(total, max(minimum, real))
+
+
+def weights_key(model: nn.Module) -> tuple:
+    """A key that changes when a parameter or buffer of ``model`` is replaced or written in place
+    (``Tensor._version``): what lets a conversion or a reference pass be reused safely."""
+    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
 def label_names(model: nn.Module) -> list[str]:
     id2label = getattr(model.config, "id2label", None) or {}
     return [str(id2label.get(i, id2label.get(str(i), i))) for i in range(int(model.config.num_labels))]
@@ -209,6 +225,8 @@ __all__ = [
     "require",
     "save_tokenizer",
     "source_of",
+    "unpadded_length",
     "update_manifest",
+    "weights_key",
     "write_manifest",
 ]

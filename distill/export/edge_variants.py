@@ -4,7 +4,9 @@
 ``variant(ctx) -> ModelEntry`` as in :mod:`distill.export.variants`: export into ``ctx.out_dir/<folder>/``
 (artifact, manifest, tokenizer), run the artifact in its own runtime over ``ctx.calibration`` (the dev
 batches) against the fp32 student, record the parity and its verdict (``status``) in the manifest and in the
-entry's notes, and return the entry; the report then scores and times it like any other row. Each runnable
+entry's notes, and return the entry; the report then scores and times it like any other row (scoring the
+very logits the parity check got from the runtime: each artifact runs over the dev set once, and the fp32
+student's reference logits are computed once for all artifacts). Each runnable
 artifact's ``load_ms`` and ``peak_memory_mb`` (:func:`distill.export.memory.measure`, a fresh process, batch 1)
 go into the row's notes; ExecuTorch rows also note their bundled program's check. A failed parity keeps the
 artifact; :func:`failed_rows` finds the failed rows of a report.
@@ -19,6 +21,8 @@ from typing import Any
 from distill.export.edge import check_parity, save_tokenizer, source_of, update_manifest
 from distill.export.edge import manifest_path as path_json
 from distill.export.onnx import model_input_names
+from distill.export.replay import Remembered, reference_logits
+from distill.export.steps import step
 from distill.report.entry import ModelEntry, VariantContext
 from distill.report.evaluate import parity, run_model
 
@@ -62,21 +66,27 @@ class _EdgeVariant:
             self.seq_len, int(getattr(ctx.student.config, "max_position_embeddings", self.seq_len))
         )
         folder = ctx.out_dir / self.folder
-        path = self.export(ctx, folder / f"model-{self.precision}{self.suffix}")
-        save_tokenizer(ctx.tokenizer, folder)
-        model = self.runner(ctx, path)
+        with step(f"{self.name}: export"):
+            path = self.export(ctx, folder / f"model-{self.precision}{self.suffix}")
+            save_tokenizer(ctx.tokenizer, folder)
+        with step(f"{self.name}: load"):
+            model = self.runner(ctx, path)
         notes: dict[str, Any] = {"manifest": str(path.with_suffix(".json")), "seq_len": self.seq_len}
         if model is not None:
             notes["load_s"] = getattr(model, "load_s", None)
-            notes.update(self.memory(ctx, path))
+            with step(f"{self.name}: load time + peak memory (fresh process)"):
+                notes.update(self.memory(ctx, path))
             if ctx.calibration:
-                result = {
-                    "examples": sum(len(b["input_ids"]) for b in ctx.calibration),
-                    **parity(run_model(model, ctx.calibration), run_model(ctx.student, ctx.calibration)),
-                }
+                with step(f"{self.name}: parity over the dev set"):
+                    logits = run_model(model, ctx.calibration)
+                    result = {
+                        "examples": sum(len(b["input_ids"]) for b in ctx.calibration),
+                        **parity(logits, reference_logits(ctx)),
+                    }
                 check = check_parity(result, self.precision)
                 update_manifest(path, parity=check, status=check["status"])
                 notes.update(parity_check=check["status"], export_parity=check)
+                model = Remembered(model, ctx.calibration, logits)  # the report scores these very outputs
         return ModelEntry(
             self.name,
             model,

@@ -31,12 +31,14 @@ from distill.export.edge import (
     manifest,
     manifest_path,
     require,
+    unpadded_length,
     write_manifest,
 )
 from distill.export.executorch_graph import delegation_summary, infer_one_dim, xnnpack_friendly
 from distill.export.onnx import model_input_names
 
 BUNDLE_CASES = 4
+MIN_SEQUENCE = 2  # the shortest sequence a program takes ([CLS] [SEP])
 CALIBRATION_EXAMPLES = 32  # activations are quantized at run time, so calibration only has to run the graph
 # (rtol, atol) of the bundled check against its expected logits. fp32: the fp32 student, at the parity
 # threshold. int8: the PT2E-quantized student run in PyTorch (the graph this .pte was lowered from); XNNPACK's
@@ -46,7 +48,7 @@ BUNDLE_TOLERANCE: dict[str, tuple[float, float]] = {"fp32": (1e-5, 1e-4), "int8"
 
 
 def _dynamic_shapes(n_inputs: int, seq_len: int) -> tuple[dict[int, Any], ...]:
-    seq = torch.export.Dim("sequence", min=2, max=seq_len)
+    seq = torch.export.Dim("sequence", min=MIN_SEQUENCE, max=seq_len)
     return ({1: seq},) * n_inputs  # batch stays 1: see the module docstring
 
 
@@ -254,9 +256,16 @@ class ExecuTorchClassifier:
 
     def __call__(self, **inputs: Any) -> torch.Tensor:
         tensors = [t.to(torch.long).contiguous() for t in feed(self.input_names, inputs)]  # each (B, T)
-        step = self.max_batch or len(tensors[0])
-        chunks = [
-            self.method.execute([t[i : i + step].contiguous() for t in tensors])[0]
-            for i in range(0, len(tensors[0]), step)
-        ]
-        return torch.cat(chunks)  # (B, C)
+        if self.max_batch != 1:  # a program with a batch range (older exports): chunks of at most max_batch
+            step = self.max_batch or len(tensors[0])
+            chunks = [
+                self.method.execute([t[i : i + step].contiguous() for t in tensors])[0]
+                for i in range(0, len(tensors[0]), step)
+            ]
+            return torch.cat(chunks)  # (B, C)
+        mask = tensors[self.input_names.index("attention_mask")]
+        rows = []
+        for i in range(len(mask)):  # one example at a time at its own length, as on a device
+            length = unpadded_length(mask[i], MIN_SEQUENCE)
+            rows.append(self.method.execute([t[i : i + 1, :length].contiguous() for t in tensors])[0])
+        return torch.cat(rows)  # (B, C)

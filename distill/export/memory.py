@@ -51,26 +51,32 @@ def _inputs(names: Sequence[str], seq_len: int, dtype: Any) -> dict[str, Any]:
 
 
 def _executorch(path: Path, names: Sequence[str], seq_len: int, threads: int) -> tuple[Callable, Callable]:
+    # the runtime's own calls, as ExecuTorchClassifier makes them (importing distill.export.executorch would
+    # pull in torch.export, transformers and the data code: seconds of CPU per measurement, in no figure)
     import numpy as np
     import torch
+    from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
-    from distill.export.executorch import ExecuTorchClassifier
-
-    Runtime.get()  # the runtime's one-time start (kernel registry) belongs to the baseline, not to the load
-    feed = {k: torch.from_numpy(v) for k, v in _inputs(names, seq_len, np.int64).items()}
-    load = lambda: ExecuTorchClassifier(path, names, threads)  # noqa: E731
-    return load, lambda clf: clf(**feed)
+    runtime = Runtime.get()  # the runtime's one-time start (kernel registry) belongs to the baseline
+    portable_lib._unsafe_reset_threadpool(threads)
+    feed = [torch.from_numpy(v) for v in _inputs(names, seq_len, np.int64).values()]
+    load = lambda: runtime.load_program(path).load_method("forward")  # noqa: E731
+    return load, lambda method: method.execute(feed)
 
 
 def _litert(path: Path, names: Sequence[str], seq_len: int, threads: int) -> tuple[Callable, Callable]:
+    # no torch here: LiteRT's interpreter needs numpy only (what an app ships), and torch's import is seconds
     import numpy as np
-    from ai_edge_litert.interpreter import Interpreter  # noqa: F401  (imported before the baseline)
-
-    from distill.export.litert import LiteRTClassifier
+    from ai_edge_litert.interpreter import Interpreter
 
     feed = _inputs(names, seq_len, np.int32)
-    return lambda: LiteRTClassifier(path, names, threads), lambda clf: clf(**feed)
+
+    def load():  # as LiteRTClassifier loads it
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        return interpreter.get_signature_runner()
+
+    return load, lambda runner: runner(**feed)
 
 
 def _onnxruntime(path: Path, names: Sequence[str], seq_len: int, threads: int) -> tuple[Callable, Callable]:

@@ -15,6 +15,8 @@ from typing import Any
 
 from distill.errors import ConfigError
 from distill.export.edge_variants import FORMAT_VARIANTS, failed_rows
+from distill.export.replay import Remembered, reference_logits
+from distill.export.steps import step
 from distill.report import ModelEntry, ReportSettings, VariantContext, add_ratios, build_report, write_report
 
 EDGE_FORMATS = tuple(FORMAT_VARIANTS)
@@ -60,9 +62,10 @@ def export_edge(student_dir: Path, formats: tuple[str, ...], out_dir: Path, mode
     Returns ``{"written": {row: path}, "report", "failed": failed rows}``."""
     run_dir = student_dir.parent
     is_run = (run_dir / ".hydra").is_dir() or (run_dir / "report.json").is_file()
-    dm = dev_datamodule(run_dir, student_dir, task, data_dir)
-    dm.setup("validate")
-    batches = list(dm._loader("dev", False, dm.eval_batch_size))
+    with step("dev set: read + tokenize"):
+        dm = dev_datamodule(run_dir, student_dir, task, data_dir)
+        dm.setup("validate")
+        batches = list(dm._loader("dev", False, dm.eval_batch_size))
     ctx = VariantContext(
         trained=model,
         student=model,
@@ -71,9 +74,13 @@ def export_edge(student_dir: Path, formats: tuple[str, ...], out_dir: Path, mode
         out_dir=out_dir,
         calibration=batches,
     )
-    entries = [ModelEntry("student", model, student_dir, format="pytorch", precision="fp32")]
-    for fmt in formats:
-        entries += [variant(seq_len=dm.max_length)(ctx) for variant in FORMAT_VARIANTS[fmt]]
+    edge = [variant(seq_len=dm.max_length)(ctx) for fmt in formats for variant in FORMAT_VARIANTS[fmt]]
+    # the parity reference, scored from the logits the artifacts' checks were compared with (one pass)
+    student = Remembered(model, batches, reference_logits(ctx))
+    entries = [
+        ModelEntry("student", student, student_dir, "pytorch", "fp32", params_of=model, runtime="torch"),
+        *edge,
+    ]
     speed = {
         k: v
         for k, v in _run_config(run_dir).get("speed", {}).items()
@@ -83,10 +90,12 @@ def export_edge(student_dir: Path, formats: tuple[str, ...], out_dir: Path, mode
     settings.seq_len = min(
         settings.seq_len, int(getattr(model.config, "max_position_embeddings", settings.seq_len))
     )
-    report = build_report(entries, dm.spec, batches, settings)
+    with step("report: score every row, time latency / throughput"):
+        report = build_report(entries, dm.spec, batches, settings)
     report_dir = run_dir if is_run else out_dir
-    merged = merge_report(report_dir / "report.json", report)
-    write_report(report_dir, merged)
+    with step("report: merge + write json / md / png"):
+        merged = merge_report(report_dir / "report.json", report)
+        write_report(report_dir, merged)
     return {
         "written": {e.name: str(e.path) for e in entries[1:]},
         "report": merged,

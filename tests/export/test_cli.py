@@ -90,3 +90,8 @@ def test_cli_exports_all_formats(tmp_path):
     parity = json.loads((tmp_path / "out" / "onnx" / "parity.json").read_text())
     assert parity["fp32"]["agreement"] >= 0.995 and parity["fp32"]["max_abs_diff"] < 1e-4
     assert (tmp_path / "out" / "onnx" / "model.int8.onnx").stat().st_size > 0
+    # where the time went: one record per step, on stderr and in steps.json
+    steps = json.loads((tmp_path / "out" / "steps.json").read_text())
+    names = [s["step"] for s in steps]
+    assert names[1:] == ["hf: fp32 + fp16 folders", "int8: torchao dynamic int8", "onnx: export + onnxruntime int8 + parity"]
+    assert all(s["wall_s"] >= 0 and s["cpu_s"] >= 0 for s in steps) and "onnx: export" in proc.stderr
