@@ -27,6 +27,11 @@ RECIPES = {
                         "student.intermediate_size=32", "~phases.layer5", "~phases.layer6"],
     "neuron_prune_sst2": ["student=distil", "phases.distill.max_epochs=1", "phases.recover.max_epochs=1",
                           "callbacks.neuron_pruning.calibration_batches=1"],
+    "iterative_cut_sst2": ["student=pruned", "callbacks.cut_to.calibration_batches=1",
+                           *(f"phases.{p}.callbacks.cut_to.{k}={v}" for p, geometry in (("half", (3, 24, 2, 48)),
+                                                                                        ("tiny", (2, 16, 2, 32)))
+                             for k, v in zip(("num_hidden_layers", "hidden_size", "num_attention_heads",
+                                              "intermediate_size"), geometry))],
 }
 
 

@@ -262,6 +262,12 @@ def pruned_student(
     cut.check()
     geometry = resolve_geometry(teacher.config, num_hidden_layers=num_hidden_layers, hidden_size=hidden_size,
                                 num_attention_heads=num_attention_heads, intermediate_size=intermediate_size)
+    if next(teacher.parameters()).is_meta:  # planning (distill.phases.plan.model_configs): the geometry, no weights
+        config = copy.deepcopy(teacher.config)
+        for name in geometry.__dataclass_fields__:
+            setattr(config, name, getattr(geometry, name))
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        return type(teacher)._from_config(config, **kwargs)
     if calibration is not None:
         batches = take_batches(calibration, cut.calibration_batches)
     elif cut.calibration_data is not None:

@@ -16,6 +16,7 @@ from distill.config import build
 from distill.data.tasks import get_task
 from distill.module import DistillationModule
 from distill.phases.plan import Phase, check_attention, phase_objective
+from distill.prune.iterative import match_cut_geometry
 from distill.prune.neuron import match_ffn_widths
 from distill.teacher_cache import prepare_teacher_outputs
 
@@ -84,6 +85,7 @@ def fit_task_phases(phases: list[Phase], student, teacher, dm, output_dir: Path)
     for phase, objective in zip(phases, objectives):
         if (phase.out_dir / DONE).is_file():
             state = torch.load(phase.out_dir / STATE, map_location="cpu", weights_only=True)
+            match_cut_geometry(student, phase.out_dir)  # a phase that cut the student (CutTo) saved a smaller one
             match_ffn_widths(student, state)  # a phase that pruned FFN neurons saved the narrower layers
             student.load_state_dict(state)
             log.info("%s already finished; skipped (weights from %s)", phase.label, phase.out_dir / STATE)

@@ -98,6 +98,7 @@ def plan_phases(cfg: DictConfig, output_dir: Path) -> list[Phase]:
     else:
         phases = _parse(cfg, output_dir)
     task_configs = model_configs(cfg.student, str(cfg.teacher.name_or_path))
+    student_config = task_configs[0].config if task_configs else None  # the student each phase starts from
     for phase in phases:
         configs = task_configs
         if phase.own_models:
@@ -107,7 +108,10 @@ def plan_phases(cfg: DictConfig, output_dir: Path) -> list[Phase]:
             configs = model_configs(cfg.student, pair.teacher_path)
         if configs is not None:
             check_attention(cfg, phase_objective(phase, *configs), phase.key)
-        build_callbacks(phase.cfg, with_quant=False)  # their settings (pruning targets, ...) checked now
+        for callback in build_callbacks(phase.cfg, with_quant=False):  # their settings (pruning targets, ...) checked now
+            if student_config is not None and callable(getattr(callback, "plan_student", None)):  # a cut: next start
+                student_config = callback.plan_student(student_config, None if phase.implicit else
+                                                       f"{phase.key}.callbacks.cut_to")
     return phases
 
 

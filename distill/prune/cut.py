@@ -54,13 +54,14 @@ class Geometry:
         return self.hidden_size // self.num_attention_heads
 
 
-def resolve_geometry(config, key: str = "student", **target: int | None) -> Geometry:
-    """The target geometry (``None`` = the source's value), checked against ``config``; a ConfigError naming the key."""
+def resolve_geometry(config, key: str = "student", whose: str = "teacher's", **target: int | None) -> Geometry:
+    """The target geometry (``None`` = the source's value), checked against ``config`` (the ``whose`` model's);
+    a ConfigError naming the key."""
     source = {k: getattr(config, k) for k in Geometry.__dataclass_fields__}
     values = {k: source[k] if target.get(k) is None else target[k] for k in source}
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= source[name]:
-            raise ConfigError(f"{key}.{name}={value!r} must be a whole number from 1 to the teacher's {source[name]}.")
+            raise ConfigError(f"{key}.{name}={value!r} must be a whole number from 1 to the {whose} {source[name]}.")
     geo = Geometry(**values)
     if geo.hidden_size % geo.num_attention_heads:
         raise ConfigError(f"{key}.hidden_size={geo.hidden_size} must be divisible by "
@@ -70,7 +71,7 @@ def resolve_geometry(config, key: str = "student", **target: int | None) -> Geom
     if need > config.num_attention_heads:
         raise ConfigError(
             f"{key}.num_attention_heads={geo.num_attention_heads} with hidden_size={geo.hidden_size} gives "
-            f"{geo.head_dim}-dim heads, which merge {need} of the teacher's {config.num_attention_heads} "
+            f"{geo.head_dim}-dim heads, which merge {need} of the {whose} {config.num_attention_heads} "
             f"{t_dim}-dim heads; use at most {config.num_attention_heads // math.ceil(geo.head_dim / t_dim)} heads.")
     return geo
 
