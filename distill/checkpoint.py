@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+
+log = logging.getLogger("distill")
 
 
 def replace_atomically(path: str | Path, write: Any) -> Path:
@@ -52,6 +58,77 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` that a killed and resumed run ships from exactly as if never stopped.
+
+    * **Resumed into another folder** (``ckpt_path=auto`` adopting an unfinished identical run, which runs in a
+      new timestamped folder, or ``ckpt_path=<another run's last.ckpt>``): Lightning reloads the best score and
+      the top-k checkpoints only when the checkpoint folder is unchanged, so the first validation after such a
+      resume always became ``best.ckpt`` and the shipped student could differ. Here they are restored whatever
+      the folder, the paths moved into this folder under their own names, and the files copied there
+      (atomically, rank 0) when training starts; when a file is gone from both folders, Lightning's
+      behaviour (with its warning) is kept.
+    * **``last.ckpt`` at every epoch end**: Lightning 2.6 rewrites it only when a top-k checkpoint was written
+      at the same step, so an epoch that did not beat the best left it one epoch (or more) behind.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._to_copy: dict[str, str] = {}  # a best checkpoint of the resumed run -> its path in this folder
+        self._last_saved_at = -1  # global step of the last write of last.ckpt
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old_dir = state_dict.get("dirpath", self.dirpath)
+        if self.dirpath is None or old_dir == self.dirpath or state_dict.get("monitor") != self.monitor:
+            super().load_state_dict(state_dict)
+            return
+        here = lambda path: str(Path(self.dirpath) / Path(path).name) if path else ""  # noqa: E731
+        kept = (set(state_dict.get("best_k_models", {})) | {state_dict["best_model_path"]}) - {""}
+        sources = {p: next((f for f in (p, here(p)) if Path(f).is_file()), None) for p in kept}
+        if None in sources.values():
+            missing = sorted(p for p, f in sources.items() if f is None)
+            log.warning("Cannot carry the resumed run's best checkpoints %s into %s: they are gone", missing, self.dirpath)
+            super().load_state_dict(state_dict)
+            return
+        self._to_copy = {f: here(p) for p, f in sources.items() if Path(f).resolve() != Path(here(p)).resolve()}
+        self.best_model_score = state_dict["best_model_score"]
+        self.best_model_path = here(state_dict["best_model_path"])
+        self.best_k_models = {here(p): v for p, v in state_dict.get("best_k_models", {}).items()}
+        self.kth_best_model_path = here(state_dict.get("kth_best_model_path", ""))
+        self.kth_value = state_dict.get("kth_value", self.kth_value)
+        self.last_model_path = here(state_dict.get("last_model_path", ""))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self._to_copy:
+            if trainer.is_global_zero:
+                for source, target in self._to_copy.items():
+                    Path(target).parent.mkdir(parents=True, exist_ok=True)
+                    replace_atomically(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+                    log.info("Carried the best checkpoint %s over to %s", source, target)
+            self._to_copy = {}
+            trainer.strategy.barrier("best-checkpoints-carried")
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_saved_at = trainer.global_step
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: L.Trainer) -> None:
+        if (self.save_last and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+                and not trainer.fast_dev_run and trainer.global_step > 0 and self._last_saved_at != trainer.global_step):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class RNGState(L.Callback):
