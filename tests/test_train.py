@@ -78,47 +78,60 @@ def _cli(args, env_extra=None, cwd=ROOT, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-@pytest.mark.slow
 def _step_of(path: Path) -> int:
-    try:
-        return torch.load(path, weights_only=True)["global_step"]
-    except Exception:  # noqa: BLE001 - not there yet
-        return -1
+    return torch.load(path, weights_only=True)["global_step"]
 
 
+def _weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "student" / "model.safetensors")
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_automatically_and_ends_like_an_uninterrupted_run(glue_dir, tiny_teacher, tmp_path):
-    """SIGKILL a CLI run in the middle of its second epoch; the same command again resumes it and ends with
-    the same weights and dev metric as the same run never killed (deterministic CPU settings)."""
+    """SIGKILL a CLI run inside its second epoch, after step 37: its last checkpoint is step 35, its best one
+    (by val/score) an earlier one. The same command again resumes it in a new run folder and ends with the same last
+    weights, the same shipped student (the best checkpoint, carried over from the killed run's folder) and the
+    same dev metric as the same run never killed (deterministic CPU settings)."""
     common = [*fast_overrides(glue_dir, tiny_teacher, tmp_path / "cache"), "data.max_train_samples=40",
               "data.batch_size=2", "trainer.max_epochs=3", "logger=none", "trainer.deterministic=true",
               "+callbacks.model_checkpoint.every_n_train_steps=5", "student=tiny",
-              "student.prune=null"]
-    args = [*common, f"paths.log_dir={tmp_path / 'logs'}"]
-    proc = _cli(args)
-    deadline = time.time() + 240
-    ckpts = lambda: list((tmp_path / "logs").glob("**/checkpoints/last.ckpt"))  # noqa: E731
-    while not any(_step_of(c) in (25, 30, 35) for c in ckpts()):  # 20 steps per epoch: inside epoch 2
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    (killed_ckpt,) = ckpts()
-    step_killed = _step_of(killed_ckpt)
-    assert not (killed_ckpt.parent.parent / "report.json").exists() and 20 < step_killed < 40
+              "student.prune=null"]  # 20 steps per epoch
+    kill = ["+callbacks.kill._target_=kill_job.KillJobAfterStep", "+callbacks.kill.step=37",
+            f"+callbacks.kill.marker={tmp_path / 'killed'}"]
+    args = [*common, *kill, f"paths.log_dir={tmp_path / 'logs'}"]
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    proc = _cli(args, env, start_new_session=True)  # KillJobAfterStep kills its whole process group
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL and (tmp_path / "killed").is_file(), err[-2000:]
+    (killed,) = [p.parent for p in (tmp_path / "logs").glob("**/checkpoints/last.ckpt")]
+    assert not (killed.parent / "report.json").exists()
+    best_killed = _step_of(killed / "best.ckpt")
+    assert _step_of(killed / "last.ckpt") == 35 and best_killed < 35  # the best is not the checkpoint resumed from
     time.sleep(1.1)  # a new timestamped run folder
-    out, err = _cli(args).communicate(timeout=300)
-    assert "Resuming from" in err + out, err[-2000:]
-    reports = list((tmp_path / "logs").glob("**/report.json"))
-    assert len(reports) == 1
-    resumed = torch.load(reports[0].parent / "checkpoints" / "last.ckpt", weights_only=True)
-    assert resumed["global_step"] == 60
+    out, err = _cli(args, env).communicate(timeout=300)
+    assert f"Resuming from {killed / 'last.ckpt'}" in err + out, err[-2000:]
+    (report,) = list((tmp_path / "logs").glob("**/report.json"))
+    resumed = report.parent
+    assert resumed != killed.parent
+    last = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 60
 
     out, err = _cli([*common, f"paths.log_dir={tmp_path / 'whole'}"]).communicate(timeout=300)
     (whole_report,) = list((tmp_path / "whole").glob("**/report.json"))
-    whole = torch.load(whole_report.parent / "checkpoints" / "last.ckpt", weights_only=True)
-    assert all(torch.equal(whole["state_dict"][k], resumed["state_dict"][k]) for k in whole["state_dict"])
+    whole = whole_report.parent
+    whole_last = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.equal(whole_last["state_dict"][k], last["state_dict"][k]) for k in whole_last["state_dict"])
+    # the shipped student: the best checkpoint, one from before the kill (without carrying it over into the new
+    # folder, the resumed run's first checkpoint after the resume became its best)
+    best_whole = _step_of(whole / "checkpoints" / "best.ckpt")
+    assert best_whole == best_killed, "the kill must come after the uninterrupted run's best checkpoint"
+    assert _step_of(resumed / "checkpoints" / "best.ckpt") == best_whole
+    a, b = _weights(whole), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     score = lambda path: {r["model"]: r["score"] for r in json.loads(path.read_text())["models"]}["student"]  # noqa: E731
-    assert score(reports[0]) == score(whole_report)
+    assert score(report) == score(whole_report)
 
 
 BAD_INPUTS = [
