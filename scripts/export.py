@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.dir).is_dir():
             raise DistillError(f"{args.dir} is not a directory; give a run folder (with student/) or a saved "
                                "student folder.")
+        from distill.console import setup_console
+
+        setup_console()  # what a training run prints: named library notices dropped, no progress bars off a terminal
         from distill.export import export
         from distill.export.steps import recording, summary
 
