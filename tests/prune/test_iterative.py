@@ -5,10 +5,8 @@ end on the tiny fixtures, and bad targets stopping at construction or planning."
 from __future__ import annotations
 
 import json
-from functools import partial
 from types import SimpleNamespace
 
-import lightning as L
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
@@ -17,6 +15,8 @@ from distill.errors import ConfigError
 from distill.prune.cut import cut_model, resolve_geometry
 from distill.prune.importance import estimate_importance
 from distill.prune.iterative import CutTo, Geometry, geometry_of, match_cut_geometry
+
+from .test_neuron import _fit, _Probe  # the same tiny Lightning fit and optimizer probe
 
 LAYERS, HIDDEN, HEADS, FFN = 3, 16, 2, 40
 
@@ -106,28 +106,6 @@ def test_a_skipped_cut_phase_gives_a_fresh_student_its_geometry_before_loading(t
     assert torch.equal(logits(fresh.eval(), batch), logits(cut, batch))
     untouched = toy()
     assert match_cut_geometry(untouched, tmp_path / "no-cut") is untouched and untouched.config.hidden_size == HIDDEN
-
-
-class _Probe(L.Callback):
-    def on_train_start(self, trainer, pl_module):
-        self.optimized = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
-        self.weights = {k: v.detach().clone() for k, v in pl_module.student.state_dict().items()}
-
-
-def _fit(make_cfg, tiny_teacher, root, callbacks, ckpt_path=None, steps=2):
-    from distill.blocks import build_datamodule
-    from distill.data.tasks import get_task
-    from distill.models.teacher import load_classifier
-    from distill.module import TaskModule
-
-    dm = build_datamodule(make_cfg(), str(tiny_teacher))
-    student = load_classifier(str(tiny_teacher), get_task("sst2"))
-    module = TaskModule(student, get_task("sst2"), optimizer=partial(torch.optim.AdamW, lr=1e-2))
-    trainer = L.Trainer(max_steps=steps, callbacks=callbacks, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, limit_val_batches=0, accelerator="cpu", enable_model_summary=False,
-                        default_root_dir=str(root))
-    trainer.fit(module, dm, ckpt_path=ckpt_path)
-    return trainer, student
 
 
 def test_the_optimizer_holds_the_cut_parameters_and_a_resumed_phase_loads_the_cut_shapes(make_cfg, tiny_teacher,
