@@ -65,7 +65,10 @@ def test_device_banner_passes_once_and_the_advert_never(monkeypatch):
 
 def test_setup_console_is_idempotent_and_prints_short_lines(capsys, caplog, monkeypatch):
     hydra_console = logging.StreamHandler(sys.stdout)  # Hydra's job logging: root → stdout, long format
-    monkeypatch.setattr(logging.getLogger(), "handlers", [*logging.getLogger().handlers, hydra_console])
+    # a library's root-level logging.warning() in an earlier test may have left a basicConfig handler on that
+    # test's captured stderr, closed since: leave it out (pytest's own capture handlers stay)
+    live = [h for h in logging.getLogger().handlers if not getattr(getattr(h, "stream", None), "closed", False)]
+    monkeypatch.setattr(logging.getLogger(), "handlers", [*live, hydra_console])
     setup_console()
     setup_console()
     handlers = [h for h in console.log.handlers if isinstance(h, console.StderrHandler)]
