@@ -9,39 +9,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from distill.errors import ConfigError
 from distill.prune.cut import cut_model, resolve_geometry
 from distill.prune.importance import estimate_importance
 from distill.prune.iterative import CutTo, Geometry, geometry_of, match_cut_geometry
 
-from .test_neuron import _fit, _Probe  # the same tiny Lightning fit and optimizer probe
-
-LAYERS, HIDDEN, HEADS, FFN = 3, 16, 2, 40
-
-
-def toy(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=50, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                        intermediate_size=FFN, max_position_embeddings=32, num_labels=2)
-    return BertForSequenceClassification(config).eval()
-
-
-def batches(n: int = 3, seed: int = 1) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        mask = torch.ones(4, 12, dtype=torch.long)
-        mask[:2, 9:] = 0
-        out.append({"input_ids": torch.randint(5, 50, (4, 12), generator=g), "attention_mask": mask,
-                    "labels": torch.randint(0, 2, (4,), generator=g)})
-    return out
-
-
-def logits(model, batch) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+# the same toy BERT, batches, tiny Lightning fit and optimizer probe as the neuron-pruning tests
+from .test_neuron import FFN, HEADS, HIDDEN, LAYERS, _fit, _Probe, batches, logits, toy  # noqa: F401
 
 
 def cut_in_setup(callback: CutTo, model, root, calibration=None):
