@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from itertools import islice
 from typing import Any
 
@@ -15,18 +15,20 @@ def take_batches(batches: Iterable[Mapping[str, Tensor]], n: int) -> list[Mappin
     return list(islice(iter(batches), n))
 
 
-def task_batches(data: Mapping[str, Any], tokenizer: str, n: int, seed: int = 0) -> list[dict[str, Tensor]]:
-    """``n`` training batches of the GLUE task described by ``data`` (``GLUEDataModule`` arguments).
+def seeded_batches(loader: Iterable[Mapping[str, Tensor]], n: int, seed: int) -> list[Mapping[str, Tensor]]:
+    """The first ``n`` batches of ``loader``, its shuffle seeded by ``seed`` inside a forked RNG, so drawing them
+    does not move the global RNG that the run's own initialisation and data order depend on."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return take_batches(loader, n)
 
-    The shuffle is seeded by ``seed`` inside a forked RNG, so drawing calibration batches does not move the
-    global RNG that the run's own initialisation and data order depend on.
-    """
+
+def task_batches(data: Mapping[str, Any], tokenizer: str, n: int, seed: int = 0) -> list[dict[str, Tensor]]:
+    """``n`` training batches of the GLUE task described by ``data`` (``GLUEDataModule`` arguments), drawn by
+    :func:`seeded_batches`."""
     from distill.data.glue import GLUEDataModule
 
     dm = GLUEDataModule(**{**dict(data), "tokenizer": tokenizer})
     dm.check_files()
     dm.setup("fit")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        batches: Iterator = iter(dm.train_dataloader())
-        return take_batches(batches, n)
+    return seeded_batches(dm.train_dataloader(), n, seed)

@@ -36,7 +36,7 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import prune_linear_layer
 
 from distill.errors import ConfigError
-from distill.prune.calibration import take_batches
+from distill.prune.calibration import seeded_batches
 from distill.prune.cut import top
 from distill.prune.importance import IMPORTANCES, estimate_importance
 
@@ -198,9 +198,7 @@ class NeuronPruning(L.Callback):
 
     def calibration(self, trainer: L.Trainer) -> list:
         """The first batches of the fit's own training loader, shuffled in a forked RNG (the run's draws stay)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return take_batches(trainer.datamodule.train_dataloader(), self.batches)
+        return seeded_batches(trainer.datamodule.train_dataloader(), self.batches, self.seed)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or not self.enabled:
