@@ -25,7 +25,7 @@ import torch
 from transformers import MobileBertConfig, MobileBertForSequenceClassification, PreTrainedModel
 
 from distill.errors import ConfigError
-from distill.models.student import EMBEDDING_INITS
+from distill.models.student import EMBEDDING_INITS, own_tokenizer
 
 # taken from the teacher so the student reads the same inputs and writes the same labels
 _FROM_TEACHER = ("vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id", "num_labels",
@@ -131,6 +131,7 @@ def init_from_teacher(student: MobileBertForSequenceClassification, teacher: Pre
             student.classifier.bias.copy_(t_cls.bias)
 
 
+@own_tokenizer  # student.tokenizer / student.trim_vocab: a word table (V × E) of the student's own vocabulary
 def mobilebert_student(
     teacher: PreTrainedModel,
     init_embeddings: str = "teacher_pca",

@@ -88,6 +88,10 @@ def adopt_vocabulary(student: PreTrainedModel, teacher: PreTrainedModel, tokeniz
     return student
 
 
+NEEDS_TRIMMED = ("student.trim_vocab=true needs the trimmed tokenizer as student.tokenizer; the distill stage makes it "
+                 "from the task's training set.")
+
+
 def own_tokenizer(builder: Callable[..., PreTrainedModel]) -> Callable[..., PreTrainedModel]:
     """``builder`` that also takes ``tokenizer`` (a tokenizer folder or hub id; None: the teacher's): the student
     is built as ``builder`` builds it, then given the tokenizer's vocabulary by :func:`adopt_vocabulary`.
@@ -102,8 +106,7 @@ def own_tokenizer(builder: Callable[..., PreTrainedModel]) -> Callable[..., PreT
         if not isinstance(trim_vocab, bool):
             raise ConfigError(f"student.trim_vocab={trim_vocab!r} must be true or false.")
         if trim_vocab and tokenizer is None:
-            raise ConfigError("student.trim_vocab=true needs the trimmed tokenizer as student.tokenizer; the distill "
-                              "stage makes it from the task's training set.")
+            raise ConfigError(NEEDS_TRIMMED)
         student = builder(teacher, *args, **kwargs)
         if trim_vocab:
             return trim_to(student, tokenizer)
@@ -284,21 +287,37 @@ def pruned_student(
 
 
 def pretrained_student(
-    teacher: PreTrainedModel, name_or_path: str, attn_implementation: str | None = None, tokenizer: str | None = None
+    teacher: PreTrainedModel, name_or_path: str, attn_implementation: str | None = None, tokenizer: str | None = None,
+    trim_vocab: bool = False,
 ) -> PreTrainedModel:
     """A student loaded from a checkpoint (e.g. a general-distilled student or a hub model).
 
     ``tokenizer`` (``student.tokenizer``): the checkpoint's own tokenizer when its vocabulary is not the
     teacher's (e.g. ``${student.name_or_path}``); the checkpoint's word table is kept as it is (its rows are
-    already that tokenizer's), and ``check_pair`` checks that the tokenizer's ids fit it."""
+    already that tokenizer's), and ``check_pair`` checks that the tokenizer's ids fit it.
+    ``trim_vocab=True`` (``student.trim_vocab``): a checkpoint over the teacher's vocabulary keeps exactly the
+    rows of the trimmed tokenizer (``tokenizer``, made by the distill stage) that
+    :func:`distill.models.trim_student.trim_to` reads."""
+    if not isinstance(trim_vocab, bool):
+        raise ConfigError(f"student.trim_vocab={trim_vocab!r} must be true or false.")
+    if trim_vocab and tokenizer is None:
+        raise ConfigError(NEEDS_TRIMMED)
     config = AutoConfig.from_pretrained(name_or_path)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with quiet_load():  # a general student gets the task's (new or resized) head
-        return AutoModelForSequenceClassification.from_pretrained(
+        student = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, num_labels=teacher.config.num_labels, id2label=teacher.config.id2label,
             label2id=teacher.config.label2id, ignore_mismatched_sizes=config.num_labels != teacher.config.num_labels,
             **kwargs,
         )
+    if not trim_vocab:
+        return student
+    rows, teacher_rows = student.get_input_embeddings().num_embeddings, teacher.get_input_embeddings().num_embeddings
+    if rows != teacher_rows:
+        raise ConfigError(f"student.trim_vocab=true trims the teacher's vocabulary, but {name_or_path} has "
+                          f"{rows} word-table rows and the teacher {teacher_rows}; load a student over the "
+                          "teacher's vocabulary or set student.trim_vocab=false.")
+    return trim_to(student, tokenizer)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
