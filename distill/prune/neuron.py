@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +45,9 @@ from distill.prune.importance import IMPORTANCES, estimate_importance
 log = logging.getLogger("distill")
 
 KEY = "callbacks.neuron_pruning"
+# beside neuron_pruning.json in the pruning fit's folder: the student as it was just before its neurons were removed
+# (the report's student_before_pruning row, conf/prune/report/before_pruning.yaml)
+BEFORE = "before_pruning"
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,20 @@ def match_ffn_widths(model: PreTrainedModel, state_dict: Mapping[str, Tensor]) -
     return model
 
 
+def save_before(student: nn.Module, folder: Path) -> None:
+    """``student`` saved with ``save_pretrained`` at ``folder``, written in a temporary folder and renamed into
+    place; a folder already there is kept (a resumed recovery starts from a fresh, unpruned student again)."""
+    if (folder / "config.json").is_file() or not isinstance(student, PreTrainedModel):
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    student.save_pretrained(tmp)
+    try:
+        tmp.rename(folder)
+    except OSError:  # written meanwhile by another process
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 class NeuronPruning(L.Callback):
     """Prune the student's FFN neurons to a target at the start of a fit; the fit is then the recovery.
 
@@ -205,6 +224,8 @@ class NeuronPruning(L.Callback):
             return
         student = getattr(pl_module, "student", pl_module)
         self.check_student(student)  # a bad target stops before any calibration batch is drawn
+        if trainer.is_global_zero:
+            save_before(student, Path(trainer.default_root_dir) / BEFORE)
         self.summary = prune_ffn(student, self.calibration(trainer), self.target, self.importance)
         s = self.summary
         log.info("Neuron pruning (%s): FFN %d -> %d neurons in each of %d layers; parameters %d -> %d",

@@ -114,7 +114,8 @@ def run(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, Any], dict[str, An
         ctx = VariantContext(trained=trained, student=student, student_dir=student_dir, tokenizer=tokenizer,
                              out_dir=output_dir / "compression",
                              calibration=[student_view(b) for b in dm.val_dataloader()])
-        entries += [build(node, f"quant.variants.{name}")(ctx) for name, node in variants.items()]
+        made = [build(node, f"quant.variants.{name}")(ctx) for name, node in variants.items()]
+        entries += [entry for entry in made if entry is not None]  # None: the variant has nothing to report
     if dm.student_tokenizer is not None:  # every student row reads the student's inputs of the dev batches
         for entry in entries[1:]:
             reads_student_inputs(entry.model)

@@ -187,6 +187,14 @@ def test_the_recipe_prunes_in_its_recovery_phase_only(make_cfg, tmp_path, single
     assert (record["width_before"], record["width_after"], record["layers"]) == (64, 32, 2)
     student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "student")
     assert student.config.intermediate_size == 32 and record["params_after"] == count_parameters(student)
+    # the report's student_before_pruning row: phase 1's student, saved just before the neurons went
+    before = AutoModelForSequenceClassification.from_pretrained(phases / "2-recover" / "before_pruning")
+    assert before.config.intermediate_size == 64 and count_parameters(before) == record["params_before"]
+    rows = {r["model"]: r for r in json.loads((tmp_path / "run" / "report.json").read_text())["models"]}
+    assert list(rows) == ["teacher", "student", "student_before_pruning"]
+    row = rows["student_before_pruning"]
+    assert (row["parameters"], row["geometry"]) == (record["params_before"], "L2 H32 A2 F64")
+    assert rows["student"]["geometry"] == "L2 H32 A2 F32" and row["path"] == str(phases / "2-recover" / "before_pruning")
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
