@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF
+from conftest import CONF, make_tiny_bert
 from omegaconf import OmegaConf
 
 from distill.errors import ConfigError
@@ -27,6 +27,10 @@ RECIPES = {
                         "student.intermediate_size=32", "~phases.layer5", "~phases.layer6"],
     "neuron_prune_sst2": ["student=distil", "phases.distill.max_epochs=1", "phases.recover.max_epochs=1",
                           "callbacks.neuron_pruning.calibration_batches=1"],
+    # STS-B (a 1-output tiny teacher, below); a cut student, as the recipe's tiny is
+    "cut_aug_stsb": ["student=pruned",
+                     "student.num_hidden_layers=2", "student.hidden_size=16", "student.num_attention_heads=2",
+                     "student.intermediate_size=32", "student.cut.calibration_batches=1", "trainer.max_epochs=1"],
     "iterative_cut_sst2": ["student=pruned", "callbacks.cut_to.calibration_batches=1",
                            *(f"phases.{p}.callbacks.cut_to.{k}={v}" for p, geometry in (("half", (3, 24, 2, 48)),
                                                                                         ("tiny", (2, 16, 2, 32)))
@@ -39,9 +43,18 @@ def test_every_recipe_has_a_smoke_run():
     assert set(RECIPES) == {p.stem for p in (CONF / "experiment").glob("*.yaml")}
 
 
+@pytest.fixture(scope="module")
+def regression_teacher(tmp_path_factory) -> Path:
+    """A tiny BERT with one output, as a teacher fine-tuned on STS-B has."""
+    path = tmp_path_factory.mktemp("regression_teacher")
+    make_tiny_bert(path, num_labels=1, layers=4, hidden=32, heads=2)
+    return path
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_recipe_runs_end_to_end(make_cfg, tmp_path, tiny_mlm_teacher, name):
-    extra = [f"teacher.name_or_path={tiny_mlm_teacher}"] if name == "mlm_distill" else []
+def test_recipe_runs_end_to_end(make_cfg, tmp_path, tiny_mlm_teacher, regression_teacher, name):
+    teachers = {"mlm_distill": tiny_mlm_teacher, "cut_aug_stsb": regression_teacher}
+    extra = [f"teacher.name_or_path={teachers[name]}"] if name in teachers else []
     cfg = make_cfg(f"experiment={name}", *SHRINK, *RECIPES[name], *extra)
     metrics, _ = run(cfg)
     out = tmp_path / "run"

@@ -51,7 +51,8 @@ def load_classifier(name_or_path: str, task: TaskSpec, attn_implementation: str 
     if is_finetuned_classifier(config) and config.num_labels != task.num_labels:
         raise ConfigError(
             f"teacher.name_or_path={name_or_path!r} has {config.num_labels} labels but task {task.name!r} needs "
-            f"{task.num_labels}; use a teacher fine-tuned on this task or teacher.finetune=true."
+            f"{task.num_labels}; use a teacher fine-tuned on this task, or a pretrained (not task-fine-tuned) "
+            "checkpoint with teacher.finetune=true."
         )
     with quiet_load():  # a pretrained encoder gets a new classification head: expected, not worth a table
         return AutoModelForSequenceClassification.from_pretrained(name_or_path, **labels, **kwargs)
