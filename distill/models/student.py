@@ -88,8 +88,13 @@ def adopt_vocabulary(student: PreTrainedModel, teacher: PreTrainedModel, tokeniz
     return student
 
 
-NEEDS_TRIMMED = ("student.trim_vocab=true needs the trimmed tokenizer as student.tokenizer; the distill stage makes it "
-                 "from the task's training set.")
+def check_trim(trim_vocab: Any, tokenizer: str | None) -> None:
+    """``student.trim_vocab`` a bool, and when true the trimmed tokenizer given as ``student.tokenizer``."""
+    if not isinstance(trim_vocab, bool):
+        raise ConfigError(f"student.trim_vocab={trim_vocab!r} must be true or false.")
+    if trim_vocab and tokenizer is None:
+        raise ConfigError("student.trim_vocab=true needs the trimmed tokenizer as student.tokenizer; the distill "
+                          "stage makes it from the task's training set.")
 
 
 def own_tokenizer(builder: Callable[..., PreTrainedModel]) -> Callable[..., PreTrainedModel]:
@@ -103,10 +108,7 @@ def own_tokenizer(builder: Callable[..., PreTrainedModel]) -> Callable[..., PreT
     @functools.wraps(builder)
     def build(teacher: PreTrainedModel, *args: Any, tokenizer: str | None = None, trim_vocab: bool = False,
               **kwargs: Any) -> PreTrainedModel:
-        if not isinstance(trim_vocab, bool):
-            raise ConfigError(f"student.trim_vocab={trim_vocab!r} must be true or false.")
-        if trim_vocab and tokenizer is None:
-            raise ConfigError(NEEDS_TRIMMED)
+        check_trim(trim_vocab, tokenizer)
         student = builder(teacher, *args, **kwargs)
         if trim_vocab:
             return trim_to(student, tokenizer)
@@ -298,10 +300,7 @@ def pretrained_student(
     ``trim_vocab=True`` (``student.trim_vocab``): a checkpoint over the teacher's vocabulary keeps exactly the
     rows of the trimmed tokenizer (``tokenizer``, made by the distill stage) that
     :func:`distill.models.trim_student.trim_to` reads."""
-    if not isinstance(trim_vocab, bool):
-        raise ConfigError(f"student.trim_vocab={trim_vocab!r} must be true or false.")
-    if trim_vocab and tokenizer is None:
-        raise ConfigError(NEEDS_TRIMMED)
+    check_trim(trim_vocab, tokenizer)
     config = AutoConfig.from_pretrained(name_or_path)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with quiet_load():  # a general student gets the task's (new or resized) head

@@ -112,7 +112,8 @@ def with_trimmed_vocabulary(cfg: DictConfig) -> DictConfig:
         return cfg
     if "tokenizer" not in node:
         raise ConfigError(f"{KEY}=true needs a student built over the teacher's vocabulary with a student.tokenizer "
-                          f"key (tiny, mini, micro, distil, pruned, albert_tiny, mobilebert_tiny, pretrained); {node.get('_target_')} has none.")
+                          "key (tiny, mini, micro, distil, pruned, albert_tiny, mobilebert_tiny, pretrained); "
+                          f"{node.get('_target_')} has none.")
     if node.get("tokenizer") is not None:
         raise ConfigError(f"{KEY}=true makes the student's tokenizer itself (the teacher's, trimmed to the task's "
                           f"training set), so it cannot be combined with student.tokenizer={node.tokenizer!r}; "

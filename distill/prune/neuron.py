@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import prune_linear_layer
 
 from distill.errors import ConfigError
+from distill.models.teacher import publish_dir
 from distill.prune.calibration import seeded_batches
 from distill.prune.cut import top
 from distill.prune.importance import IMPORTANCES, estimate_importance
@@ -175,17 +175,15 @@ def match_ffn_widths(model: PreTrainedModel, state_dict: Mapping[str, Tensor]) -
 
 
 def save_before(student: nn.Module, folder: Path) -> None:
-    """``student`` saved with ``save_pretrained`` at ``folder``, written in a temporary folder and renamed into
-    place; a folder already there is kept (a resumed recovery starts from a fresh, unpruned student again)."""
+    """``student`` saved with ``save_pretrained`` at ``folder``, written in a temporary folder and published by
+    :func:`distill.models.teacher.publish_dir`; a folder already there is kept (a resumed recovery starts from
+    a fresh, unpruned student again)."""
     if (folder / "config.json").is_file() or not isinstance(student, PreTrainedModel):
         return
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     student.save_pretrained(tmp)
-    try:
-        tmp.rename(folder)
-    except OSError:  # written meanwhile by another process
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_dir(tmp, folder)
 
 
 class NeuronPruning(L.Callback):

@@ -15,7 +15,6 @@ from distill.prune.sparse_export import FORMAT, load_sparse, save_sparse
 from distill.report.entry import ModelEntry, VariantContext
 from distill.report.timing import size_on_disk_mb
 
-
 log = logging.getLogger("distill")
 
 
