@@ -7,6 +7,10 @@ weights of the student's linear layers (globally or per layer) with ``torch.nn.u
 at zero after every optimizer step. The mask is folded into the weights right away (``prune.remove``), so the
 state dict stays a plain Hugging Face one at every checkpoint and the saved student needs nothing special.
 ``pattern=2:4`` keeps the 2 largest of every 4 consecutive weights of a row instead (:mod:`distill.prune.patterns`).
+``criterion=wanda`` ranks by magnitude times the root-mean-square of the input feature each weight multiplies,
+recorded on the training batches since the last mask update (:mod:`distill.prune.activation_norms`);
+``reconstruct=true`` refits the weights each update keeps to the layer's dense outputs on those batches
+(ridge least squares, :mod:`distill.prune.reconstruct`).
 Zeros do not make dense CPU kernels faster; they make a compressed export smaller (the report's
 ``student_sparse`` row, :mod:`distill.prune.sparse_export`).
 """
@@ -19,7 +23,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from distill.errors import ConfigError
+from distill.prune.activation_norms import ActivationNorms
 from distill.prune.patterns import check_divisible, parse_pattern, semi_structured_masks
+from distill.prune.reconstruct import refit_kept_weights
 from distill.prune.sparsity import named_prunable_linears, prunable_linears, sparsity
 
 KEY = "callbacks.magnitude_pruning"
@@ -49,16 +55,28 @@ class MagnitudePruning(L.Callback):
         start_fraction / end_fraction: where in training the schedule starts and reaches ``sparsity``.
         frequency: steps between mask updates.
         pattern: ``unstructured`` or ``N:M`` (``2:4``: in each group of 4 consecutive weights the 2 largest stay).
+        criterion: ``magnitude`` (``|W|``) or ``wanda`` (``|W|`` times the input feature's root-mean-square).
+        reconstruct: refit the kept weights of each pruned layer to its dense outputs on the training batches
+            seen since the last update (``damping``: the ridge term, relative to the inputs' mean square).
     """
 
     SCOPES = ("global", "layer")
+    CRITERIA = ("magnitude", "wanda")
 
     def __init__(self, sparsity: float = 0.5, scope: str = "global", start_fraction: float = 0.0,
-                 end_fraction: float = 0.8, frequency: int = 10, pattern: str = "unstructured") -> None:
+                 end_fraction: float = 0.8, frequency: int = 10, pattern: str = "unstructured",
+                 criterion: str = "magnitude", reconstruct: bool = False, damping: float = 0.01) -> None:
         if not _is_fraction(sparsity) or not 0.0 <= sparsity < 1.0:
             raise ConfigError(f"{KEY}.sparsity={sparsity!r} must be a fraction of zero weights in [0, 1).")
         if scope not in self.SCOPES:
             raise ConfigError(f"{KEY}.scope={scope!r} is not one of {', '.join(self.SCOPES)}.")
+        if criterion not in self.CRITERIA:
+            raise ConfigError(f"{KEY}.criterion={criterion!r} is not one of {', '.join(self.CRITERIA)}.")
+        if not isinstance(reconstruct, bool):
+            raise ConfigError(f"{KEY}.reconstruct={reconstruct!r} must be true or false.")
+        if not _is_fraction(damping) or damping <= 0:
+            raise ConfigError(f"{KEY}.damping={damping!r} must be a positive number (the ridge term, relative to "
+                              "the inputs' mean square).")
         if not (_is_fraction(start_fraction) and _is_fraction(end_fraction)
                 and 0.0 <= start_fraction < end_fraction <= 1.0):
             raise ConfigError(f"{KEY}.start_fraction={start_fraction} and {KEY}.end_fraction={end_fraction} must "
@@ -74,7 +92,9 @@ class MagnitudePruning(L.Callback):
             sparsity = 1 - n / m  # exactly
         self.target, self.scope, self.start, self.end, self.frequency = (
             sparsity, scope, start_fraction, end_fraction, frequency)
-        self.pattern = pattern
+        self.pattern, self.criterion = pattern, criterion
+        self.reconstruct, self.damping = reconstruct, damping
+        self.norms = ActivationNorms(gram=reconstruct) if criterion == "wanda" or reconstruct else None
         self.masks: dict[nn.Linear, torch.Tensor] = {}
         self.current = 0.0
 
@@ -92,24 +112,39 @@ class MagnitudePruning(L.Callback):
         if stage == "fit":
             self.check_student(self._model(pl_module))  # before the first step
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.norms is not None:
+            self.norms.attach(prunable_linears(self._model(pl_module)))
+
     @torch.no_grad()
     def prune_to(self, model: nn.Module, amount: float) -> None:
-        """Zero the ``amount`` smallest-magnitude weights (global or per layer, unstructured or among the
-        ``N:M`` candidates); remember the masks."""
+        """Zero the ``amount`` lowest-scoring weights (global or per layer, unstructured or among the ``N:M``
+        candidates); remember the masks. Scores: ``|W|``, or for ``wanda`` ``|W|`` times the input features'
+        root-mean-square since the last update (pruned weights score 0, so they stay pruned); with
+        ``reconstruct`` the kept weights are then refitted to the dense outputs on those inputs."""
         modules = prunable_linears(model)
+        plain = self.norms is None or self.criterion == "magnitude"
+        scores = [m.weight.detach().abs() for m in modules] if plain else self.norms.scores(modules)
+        dense = [m.weight.detach().clone() for m in modules] if self.reconstruct else None
         if self.n_m is not None:
             self.check_student(model)
-            masks = semi_structured_masks([m.weight for m in modules], amount, *self.n_m, self.scope)
+            masks = semi_structured_masks(scores, amount, *self.n_m, self.scope)
             for m, mask in zip(modules, masks, strict=True):
                 prune.custom_from_mask(m, "weight", mask)
         elif self.scope == "global":
-            prune.global_unstructured([(m, "weight") for m in modules], prune.L1Unstructured, amount=amount)
+            prune.global_unstructured([(m, "weight") for m in modules], prune.L1Unstructured, amount=amount,
+                                      importance_scores=dict(zip(((m, "weight") for m in modules), scores)))
         else:
-            for m in modules:
-                prune.l1_unstructured(m, "weight", amount=amount)
-        for m in modules:
+            for m, score in zip(modules, scores, strict=True):
+                prune.l1_unstructured(m, "weight", amount=amount, importance_scores=score)
+        for i, m in enumerate(modules):
             self.masks[m] = m.weight_mask.detach().clone()
             prune.remove(m, "weight")  # fold the mask in: a plain parameter, a plain state dict
+            gram = self.norms.gram_matrix(m) if dense is not None else None
+            if gram is not None:  # a layer that saw no training input yet keeps its values
+                m.weight.copy_(refit_kept_weights(dense[i], self.masks[m], gram, self.damping))
+        if self.norms is not None:
+            self.norms.reset()
         self.current = amount
 
     def _apply(self) -> None:
@@ -130,3 +165,5 @@ class MagnitudePruning(L.Callback):
         if self.target > self.current:  # a short run that never reached the end of the schedule
             self.prune_to(self._model(pl_module), self.target)
         self._apply()
+        if self.norms is not None:
+            self.norms.detach()

@@ -40,7 +40,10 @@ def test_sparsity_reaches_its_target_and_survives_save_load(tmp_path, scope):
     ({"sparsity": -0.1}, r"callbacks.magnitude_pruning.sparsity=-0.1 must be a fraction of zero weights in \[0, 1\)."),
     ({"sparsity": "half"}, r"callbacks.magnitude_pruning.sparsity='half' must be a fraction"),
     ({"scope": "row"}, "callbacks.magnitude_pruning.scope='row' is not one of global, layer."),
+    ({"criterion": "movement"}, "callbacks.magnitude_pruning.criterion='movement' is not one of magnitude, wanda."),
     ({"start_fraction": 0.9, "end_fraction": 0.5}, "must satisfy 0 <= start < end <= 1"),
+    ({"reconstruct": "yes"}, "callbacks.magnitude_pruning.reconstruct='yes' must be true or false."),
+    ({"damping": 0}, "callbacks.magnitude_pruning.damping=0 must be a positive number"),
     ({"frequency": 0}, "callbacks.magnitude_pruning.frequency=0 must be a positive number of steps."),
     ({"pattern": "4:2"}, "callbacks.magnitude_pruning.pattern='4:2' is not allowed; use unstructured or N:M"),
 ])
@@ -68,3 +71,95 @@ def test_bad_values_stop_the_command_before_any_work(glue_dir, tiny_teacher, tmp
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(lines) == 1 and message in lines[0], err[-2000:]
     assert "Traceback" not in err and not list(tmp_path.glob("**/checkpoints"))
+
+
+def test_wanda_weighs_magnitude_by_the_input_feature_scale():
+    """Column 0 holds weights of magnitude 1 on a feature of RMS 10, column 1 weights of magnitude 2 on a feature
+    of RMS 1: magnitude prunes column 0, wanda (1 * 10 > 2 * 1) prunes column 1; eval-mode passes are ignored."""
+    from torch import nn
+
+    def pruned_column(criterion):
+        model = nn.Sequential(nn.Linear(2, 3, bias=False))
+        with torch.no_grad():
+            model[0].weight.copy_(torch.tensor([[1.0, 2.0], [-1.0, -2.0], [1.0, 2.0]]))
+        callback = MagnitudePruning(sparsity=0.5, criterion=criterion, scope="layer")
+        if callback.norms is not None:
+            callback.norms.attach(prunable_linears(model))
+        x = torch.tensor([[10.0, 1.0], [-10.0, -1.0]])  # RMS 10 and 1
+        model.train()(x)
+        model.eval()(torch.tensor([[0.0, 1000.0]]))  # a validation pass: not recorded
+        callback.prune_to(model, 0.5)
+        zero = model[0].weight.eq(0)
+        assert zero.sum() == 3 and zero.all(0).sum() == 1
+        return int(zero.all(0).nonzero())
+
+    assert pruned_column("magnitude") == 0
+    assert pruned_column("wanda") == 1
+
+
+def test_wanda_rms_is_the_root_mean_square_of_every_training_token():
+    from torch import nn
+
+    from distill.prune.activation_norms import ActivationNorms
+
+    layer = nn.Linear(2, 1)
+    norms = ActivationNorms()
+    norms.attach([layer])
+    layer(torch.tensor([[[3.0, 0.0], [4.0, 1.0]]]))  # (batch 1, 2 tokens, 2 features)
+    layer(torch.tensor([[0.0, 1.0]]))
+    assert torch.allclose(norms.rms(layer), torch.tensor([(25 / 3) ** 0.5, (2 / 3) ** 0.5]))
+    norms.reset()
+    assert norms.rms(layer) is None
+    norms.detach()
+    layer(torch.ones(1, 2))
+    assert norms.rms(layer) is None
+
+
+def test_refit_matches_a_plain_least_squares_per_row():
+    """The refitted kept weights of each row solve the ridge least squares on the recorded inputs (checked
+    against torch.linalg.lstsq on the stacked system, the ridge pulling towards the dense values); zeros stay
+    zeros; a mask keeping everything returns the dense weights."""
+    from distill.prune.reconstruct import refit_kept_weights
+
+    torch.manual_seed(0)
+    x = torch.randn(200, 6, dtype=torch.float64) @ torch.randn(6, 6, dtype=torch.float64)  # correlated inputs
+    dense = torch.randn(4, 6, dtype=torch.float64)
+    mask = (torch.rand(4, 6) > 0.5).double()
+    mask[0] = 0.0  # a row with nothing kept
+    gram = x.T @ x
+    damping = 0.05
+    lam = damping * gram.diagonal().mean()
+    out = refit_kept_weights(dense, mask, gram, damping)
+    assert out[mask == 0].eq(0).all()
+    for i in range(1, 4):
+        kept = mask[i].bool()
+        a = torch.cat([x[:, kept], lam.sqrt() * torch.eye(int(kept.sum()), dtype=x.dtype)])
+        b = torch.cat([x @ dense[i], lam.sqrt() * dense[i, kept]])
+        assert torch.allclose(out[i, kept], torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1), atol=1e-8)
+    assert torch.allclose(refit_kept_weights(dense, torch.ones_like(dense), gram, damping), dense, atol=1e-10)
+
+
+def test_reconstruct_keeps_the_mask_and_brings_the_outputs_closer_to_dense():
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8))
+    x = torch.randn(256, 6) @ torch.randn(6, 16)  # correlated features: kept weights can stand in for pruned ones
+    dense_out = model(x).detach()
+
+    def pruned_error(reconstruct):
+        m = nn.Sequential(nn.Linear(16, 8))
+        m.load_state_dict(model.state_dict())
+        callback = MagnitudePruning(sparsity=0.5, reconstruct=reconstruct)
+        if callback.norms is not None:
+            callback.norms.attach(prunable_linears(m))
+        m.train()(x)
+        callback.prune_to(m, 0.5)
+        zeros = m[0].weight.eq(0)
+        assert zeros.sum() == 64 and torch.equal(zeros, callback.masks[m[0]].eq(0))
+        return (m(x) - dense_out).square().mean().item(), zeros
+
+    plain, plain_zeros = pruned_error(False)
+    refit, refit_zeros = pruned_error(True)
+    assert torch.equal(plain_zeros, refit_zeros)  # the same magnitude mask
+    assert refit < 0.5 * plain
