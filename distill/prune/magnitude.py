@@ -113,8 +113,28 @@ class MagnitudePruning(L.Callback):
             self.check_student(self._model(pl_module))  # before the first step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        modules = prunable_linears(self._model(pl_module))
+        if self.current > 0 and not self.masks:  # resumed: the checkpoint's zeros are the masks
+            self.masks = {m: m.weight.detach().ne(0).to(m.weight.dtype) for m in modules}
         if self.norms is not None:
-            self.norms.attach(prunable_linears(self._model(pl_module)))
+            self.norms.attach(modules)
+
+    def state_dict(self) -> dict:
+        return {"current": self.current}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.current = float(state_dict.get("current", 0.0))
+
+    def _target_reached(self, trainer: L.Trainer) -> None:
+        """Checkpoints ranked before the target sparsity no longer compete for the best one: a 49.8%-sparse
+        epoch scoring higher would otherwise be the student shipped for 50%."""
+        for callback in getattr(trainer, "checkpoint_callbacks", []):
+            if getattr(callback, "monitor", None) is None or not hasattr(callback, "best_k_models"):
+                continue
+            for path in list(callback.best_k_models):
+                trainer.strategy.remove_checkpoint(path)
+            callback.best_k_models, callback.best_model_score = {}, None
+            callback.best_model_path = callback.kth_best_model_path = ""
 
     @torch.no_grad()
     def prune_to(self, model: nn.Module, amount: float) -> None:
@@ -157,6 +177,8 @@ class MagnitudePruning(L.Callback):
         amount = cubic_sparsity(step, total, self.target, start=self.start, end=self.end)
         if amount > self.current and (step % self.frequency == 0 or amount >= self.target):
             self.prune_to(self._model(pl_module), amount)
+            if self.current >= self.target:
+                self._target_reached(trainer)
         else:
             self._apply()
         pl_module.log("prune/sparsity", self.current)
@@ -164,6 +186,7 @@ class MagnitudePruning(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.target > self.current:  # a short run that never reached the end of the schedule
             self.prune_to(self._model(pl_module), self.target)
+            self._target_reached(trainer)  # no checkpoint holds this sparsity: the fit ends on these weights
         self._apply()
         if self.norms is not None:
             self.norms.detach()

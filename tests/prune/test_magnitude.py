@@ -163,3 +163,54 @@ def test_reconstruct_keeps_the_mask_and_brings_the_outputs_closer_to_dense():
     refit, refit_zeros = pruned_error(True)
     assert torch.equal(plain_zeros, refit_zeros)  # the same magnitude mask
     assert refit < 0.5 * plain
+
+
+def test_checkpoints_from_before_the_target_sparsity_stop_competing(tmp_path):
+    """A best checkpoint saved at 49.8% sparsity must not become the student shipped for 50%: when the schedule
+    reaches its target the checkpoint callback's ranking restarts and the stale file is removed."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch import nn
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/score", mode="max")
+    stale = tmp_path / "best.ckpt"
+    stale.write_text("epoch 2, 49.8% sparse")
+    checkpoint.best_k_models, checkpoint.best_model_path = {str(stale): torch.tensor(0.81)}, str(stale)
+    checkpoint.kth_best_model_path, checkpoint.best_model_score = str(stale), torch.tensor(0.81)
+    model = nn.Sequential(nn.Linear(4, 4))
+    trainer = SimpleNamespace(checkpoint_callbacks=[checkpoint], global_step=0, estimated_stepping_batches=10,
+                              strategy=SimpleNamespace(remove_checkpoint=lambda p: __import__("os").remove(p)))
+    module = SimpleNamespace(student=model, log=lambda *a, **k: None)
+    callback = MagnitudePruning(sparsity=0.5, end_fraction=0.5, frequency=1)
+    for step in range(1, 5):  # below the target: the ranking is untouched
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, module, None, None, step)
+        assert 0 < callback.current < 0.5 and checkpoint.best_k_models and stale.exists()
+    trainer.global_step = 5
+    callback.on_train_batch_end(trainer, module, None, None, 5)
+    assert callback.current == 0.5 and sparsity(prunable_linears(model)) == 0.5
+    assert checkpoint.best_k_models == {} and checkpoint.best_model_path == "" and not stale.exists()
+    assert checkpoint.check_monitor_top_k(trainer, torch.tensor(0.5))  # the next validation is saved
+
+
+def test_a_resumed_run_keeps_its_zeros_without_re_ranking(tmp_path):
+    """The callback's state carries the sparsity reached; after a resume the checkpoint's zeros are the masks,
+    so an optimizer step cannot revive pruned weights and no ranking restarts."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(8, 8))
+    first = MagnitudePruning(sparsity=0.5)
+    first.prune_to(model, 0.5)
+    zeros = model[0].weight.eq(0)
+    resumed = MagnitudePruning(sparsity=0.5)
+    resumed.load_state_dict(first.state_dict())
+    module = SimpleNamespace(student=model, log=lambda *a, **k: None)
+    trainer = SimpleNamespace(checkpoint_callbacks=[], global_step=400, estimated_stepping_batches=375)
+    resumed.on_train_start(trainer, module)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # an optimizer step
+    resumed.on_train_batch_end(trainer, module, None, None, 0)
+    assert torch.equal(model[0].weight.eq(0), zeros)
