@@ -116,7 +116,7 @@ class MagnitudePruning(L.Callback):
         modules = prunable_linears(self._model(pl_module))
         if self.current > 0 and not self.masks:  # resumed: the checkpoint's zeros are the masks
             self.masks = {m: m.weight.detach().ne(0).to(m.weight.dtype) for m in modules}
-        if self.norms is not None:
+        if self.norms is not None and self.current < self.target:
             self.norms.attach(modules)
 
     def state_dict(self) -> dict:
@@ -179,6 +179,8 @@ class MagnitudePruning(L.Callback):
             self.prune_to(self._model(pl_module), amount)
             if self.current >= self.target:
                 self._target_reached(trainer)
+                if self.norms is not None:  # no update left: stop recording (a Gram matrix a layer a step)
+                    self.norms.detach()
         else:
             self._apply()
         pl_module.log("prune/sparsity", self.current)
