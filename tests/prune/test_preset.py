@@ -111,3 +111,22 @@ def test_bad_cut_settings_name_their_key(make_cfg, tiny_teacher):
         build(make_cfg("+prune@student.prune=cut", "student.prune.importance=magic").student, "student", teacher=teacher)
     with pytest.raises(ConfigError, match="student.cut.layers='first' is not one of importance, stride."):
         build(make_cfg("student=pruned", "student.cut.layers=first").student, "student", teacher=teacher)
+
+
+@pytest.mark.slow
+def test_wanda_with_reconstruction_runs_through_the_pipeline(make_cfg, tmp_path):
+    """``criterion=wanda reconstruct=true`` in a real fit: the statistics come from the training batches, the
+    shipped student is at its target sparsity (not an earlier, less sparse best epoch) and loads in vanilla
+    transformers."""
+    from transformers import AutoModelForSequenceClassification
+
+    from distill.prune.magnitude import prunable_linears, sparsity
+    from distill.train import run
+
+    cfg = make_cfg("student=pruned", "student.num_hidden_layers=2", "student.hidden_size=16",
+                   "student.num_attention_heads=1", "student.cut.calibration_batches=1", "+prune=magnitude",
+                   "callbacks.magnitude_pruning.sparsity=0.6", "callbacks.magnitude_pruning.frequency=1",
+                   "callbacks.magnitude_pruning.criterion=wanda", "callbacks.magnitude_pruning.reconstruct=true")
+    run(cfg)
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "student")
+    assert sparsity(prunable_linears(student)) == pytest.approx(0.6, abs=0.005)
