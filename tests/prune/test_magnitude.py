@@ -124,8 +124,10 @@ def test_refit_matches_a_plain_least_squares_per_row():
     torch.manual_seed(0)
     x = torch.randn(200, 6, dtype=torch.float64) @ torch.randn(6, 6, dtype=torch.float64)  # correlated inputs
     dense = torch.randn(4, 6, dtype=torch.float64)
-    mask = (torch.rand(4, 6) > 0.5).double()
-    mask[0] = 0.0  # a row with nothing kept
+    mask = torch.tensor([[0, 0, 0, 0, 0, 0],  # nothing kept
+                         [1, 0, 0, 1, 0, 0],  # fewer kept than pruned: solved on the kept side
+                         [1, 1, 0, 1, 1, 1],  # more kept: the Optimal Brain Surgeon form over the pruned one
+                         [0, 1, 1, 0, 1, 0]], dtype=torch.float64)
     gram = x.T @ x
     damping = 0.05
     lam = damping * gram.diagonal().mean()
