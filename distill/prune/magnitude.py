@@ -8,7 +8,7 @@ at zero after every optimizer step. The mask is folded into the weights right aw
 state dict stays a plain Hugging Face one at every checkpoint and the saved student needs nothing special.
 ``pattern=2:4`` keeps the 2 largest of every 4 consecutive weights of a row instead (:mod:`distill.prune.patterns`).
 ``criterion=wanda`` ranks by magnitude times the root-mean-square of the input feature each weight multiplies,
-recorded on the training batches since the last mask update (:mod:`distill.prune.activation_norms`);
+recorded on the training batches since the last mask update (:mod:`distill.prune.input_stats`);
 ``reconstruct=true`` refits the weights each update keeps to the layer's dense outputs on those batches
 (ridge least squares, :mod:`distill.prune.reconstruct`).
 Zeros do not make dense CPU kernels faster; they make a compressed export smaller (the report's
@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from distill.errors import ConfigError
-from distill.prune.activation_norms import ActivationNorms
+from distill.prune.input_stats import InputStats
 from distill.prune.patterns import check_divisible, parse_pattern, semi_structured_masks
 from distill.prune.reconstruct import refit_kept_weights
 from distill.prune.sparsity import named_prunable_linears, prunable_linears, sparsity
@@ -94,7 +94,7 @@ class MagnitudePruning(L.Callback):
             sparsity, scope, start_fraction, end_fraction, frequency)
         self.pattern, self.criterion = pattern, criterion
         self.reconstruct, self.damping = reconstruct, damping
-        self.norms = ActivationNorms(gram=reconstruct) if criterion == "wanda" or reconstruct else None
+        self.stats = InputStats(gram=reconstruct) if criterion == "wanda" or reconstruct else None
         self.masks: dict[nn.Linear, torch.Tensor] = {}
         self.current = 0.0
 
@@ -116,8 +116,8 @@ class MagnitudePruning(L.Callback):
         modules = prunable_linears(self._model(pl_module))
         if self.current > 0 and not self.masks:  # resumed: the checkpoint's zeros are the masks
             self.masks = {m: m.weight.detach().ne(0).to(m.weight.dtype) for m in modules}
-        if self.norms is not None and self.current < self.target:
-            self.norms.attach(modules)
+        if self.stats is not None and self.current < self.target:
+            self.stats.attach(modules)
 
     def state_dict(self) -> dict:
         return {"current": self.current}
@@ -143,8 +143,8 @@ class MagnitudePruning(L.Callback):
         root-mean-square since the last update (pruned weights score 0, so they stay pruned); with
         ``reconstruct`` the kept weights are then refitted to the dense outputs on those inputs."""
         modules = prunable_linears(model)
-        plain = self.norms is None or self.criterion == "magnitude"
-        scores = [m.weight.detach().abs() for m in modules] if plain else self.norms.scores(modules)
+        plain = self.stats is None or self.criterion == "magnitude"
+        scores = [m.weight.detach().abs() for m in modules] if plain else self.stats.scores(modules)
         dense = [m.weight.detach().clone() for m in modules] if self.reconstruct else None
         if self.n_m is not None:
             self.check_student(model)
@@ -160,11 +160,11 @@ class MagnitudePruning(L.Callback):
         for i, m in enumerate(modules):
             self.masks[m] = m.weight_mask.detach().clone()
             prune.remove(m, "weight")  # fold the mask in: a plain parameter, a plain state dict
-            gram = self.norms.gram_matrix(m) if dense is not None else None
+            gram = self.stats.gram_matrix(m) if dense is not None else None
             if gram is not None:  # a layer that saw no training input yet keeps its values
                 m.weight.copy_(refit_kept_weights(dense[i], self.masks[m], gram, self.damping))
-        if self.norms is not None:
-            self.norms.reset()
+        if self.stats is not None:
+            self.stats.reset()
         self.current = amount
 
     def _apply(self) -> None:
@@ -179,8 +179,8 @@ class MagnitudePruning(L.Callback):
             self.prune_to(self._model(pl_module), amount)
             if self.current >= self.target:
                 self._target_reached(trainer)
-                if self.norms is not None:  # no update left: stop recording (a Gram matrix a layer a step)
-                    self.norms.detach()
+                if self.stats is not None:  # no update left: stop recording (a Gram matrix a layer a step)
+                    self.stats.detach()
         else:
             self._apply()
         pl_module.log("prune/sparsity", self.current)
@@ -190,5 +190,5 @@ class MagnitudePruning(L.Callback):
             self.prune_to(self._model(pl_module), self.target)
             self._target_reached(trainer)  # no checkpoint holds this sparsity: the fit ends on these weights
         self._apply()
-        if self.norms is not None:
-            self.norms.detach()
+        if self.stats is not None:
+            self.stats.detach()

@@ -83,8 +83,8 @@ def test_wanda_weighs_magnitude_by_the_input_feature_scale():
         with torch.no_grad():
             model[0].weight.copy_(torch.tensor([[1.0, 2.0], [-1.0, -2.0], [1.0, 2.0]]))
         callback = MagnitudePruning(sparsity=0.5, criterion=criterion, scope="layer")
-        if callback.norms is not None:
-            callback.norms.attach(prunable_linears(model))
+        if callback.stats is not None:
+            callback.stats.attach(prunable_linears(model))
         x = torch.tensor([[10.0, 1.0], [-10.0, -1.0]])  # RMS 10 and 1
         model.train()(x)
         model.eval()(torch.tensor([[0.0, 1000.0]]))  # a validation pass: not recorded
@@ -100,10 +100,10 @@ def test_wanda_weighs_magnitude_by_the_input_feature_scale():
 def test_wanda_rms_is_the_root_mean_square_of_every_training_token():
     from torch import nn
 
-    from distill.prune.activation_norms import ActivationNorms
+    from distill.prune.input_stats import InputStats
 
     layer = nn.Linear(2, 1)
-    norms = ActivationNorms()
+    norms = InputStats()
     norms.attach([layer])
     layer(torch.tensor([[[3.0, 0.0], [4.0, 1.0]]]))  # (batch 1, 2 tokens, 2 features)
     layer(torch.tensor([[0.0, 1.0]]))
@@ -153,8 +153,8 @@ def test_reconstruct_keeps_the_mask_and_brings_the_outputs_closer_to_dense():
         m = nn.Sequential(nn.Linear(16, 8))
         m.load_state_dict(model.state_dict())
         callback = MagnitudePruning(sparsity=0.5, reconstruct=reconstruct)
-        if callback.norms is not None:
-            callback.norms.attach(prunable_linears(m))
+        if callback.stats is not None:
+            callback.stats.attach(prunable_linears(m))
         m.train()(x)
         callback.prune_to(m, 0.5)
         zeros = m[0].weight.eq(0)

@@ -5,7 +5,7 @@ Sun et al. (2023, "A Simple and Effective Pruning Approach for Large Language Mo
 by its magnitude times the norm of the input feature it multiplies, ``|W_ij| * ||x_j||``: a large weight on a
 feature that is nearly always small contributes little to the output, and LayerNorm gains make the input
 features of a transformer's linear layers differ in scale by an order of magnitude, which plain magnitude
-ignores. :class:`ActivationNorms` records, with forward pre-hooks on the given layers and over every token
+ignores. :class:`InputStats` records, with forward pre-hooks on the given layers and over every token
 they see in training mode since the last :meth:`reset`, the sum of squares of every input feature or (with
 ``gram=True``) the whole ``XᵀX``, whose diagonal is that sum; the masks themselves stay
 ``torch.nn.utils.prune``'s (``importance_scores``).
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 
-class ActivationNorms:
+class InputStats:
     """Running sums of squared inputs (or Gram matrices) of the layers given to :meth:`attach`."""
 
     def __init__(self, gram: bool = False) -> None:
