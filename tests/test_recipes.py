@@ -31,6 +31,9 @@ RECIPES = {
     "cut_aug_stsb": ["student=pruned",
                      "student.num_hidden_layers=2", "student.hidden_size=16", "student.num_attention_heads=2",
                      "student.intermediate_size=32", "student.cut.calibration_batches=1", "trainer.max_epochs=1"],
+    "magnitude_sst2": ["student=pruned", "student.num_hidden_layers=2", "student.hidden_size=16",
+                       "student.num_attention_heads=2", "student.intermediate_size=32",
+                       "student.cut.calibration_batches=1"],
     "iterative_cut_sst2": ["student=pruned", "callbacks.cut_to.calibration_batches=1",
                            *(f"phases.{p}.callbacks.cut_to.{k}={v}" for p, geometry in (("half", (3, 24, 2, 48)),
                                                                                         ("tiny", (2, 16, 2, 32)))
