@@ -72,6 +72,9 @@ class ResumableCheckpoint(ModelCheckpoint):
       behaviour (with its warning) is kept.
     * **``last.ckpt`` at every epoch end**: Lightning 2.6 rewrites it only when a top-k checkpoint was written
       at the same step, so an epoch that did not beat the best left it one epoch (or more) behind.
+    * **No warning before the first validation**: a fit that stops before it validates (a MobileBERT layer
+      phase of 20 steps) has no score to rank; Lightning then warns that the monitored key is missing and saves
+      nothing. Here it saves nothing without the warning; a missing key after a validation still raises.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -110,6 +113,12 @@ class ResumableCheckpoint(ModelCheckpoint):
                     log.info("Carried the best checkpoint %s over to %s", source, target)
             self._to_copy = {}
             trainer.strategy.barrier("best-checkpoints-carried")
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if (self.monitor is not None and self.monitor not in monitor_candidates
+                and not trainer.fit_loop.epoch_loop.val_loop._has_run):
+            return  # nothing validated yet: nothing to rank (Lightning would warn and save nothing)
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)

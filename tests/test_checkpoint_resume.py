@@ -116,3 +116,25 @@ def test_run_resumed_into_another_folder_keeps_the_best_checkpoint_of_the_run_it
     assert sorted(p.name for p in (tmp_path / "resumed").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
     assert _step(tmp_path / "resumed" / "last.ckpt") == 12
     assert (tmp_path / "killed" / "best.ckpt").is_file()  # copied, not moved
+
+
+@pytest.mark.parametrize(("kind", "warns"), [(ModelCheckpoint, True), (ResumableCheckpoint, False)])
+def test_a_fit_that_stops_before_validating_saves_no_best_and_says_nothing(tmp_path, kind, warns):
+    """A MobileBERT layer phase stops after 20 steps, before any validation: Lightning warns that ``val/score``
+    is missing (and saves no best); ours saves no best either, without the warning; ``last.ckpt`` is kept."""
+    import warnings
+
+    from lightning.pytorch.callbacks.model_checkpoint import warning_cache
+
+    warning_cache.clear()  # Lightning warns once per message and process
+    torch.manual_seed(0)
+    ckpt = kind(dirpath=str(tmp_path), filename="best", monitor="val/score", mode="max", save_last=True, save_top_k=1)
+    trainer = L.Trainer(max_steps=STEPS_PER_EPOCH // 2, callbacks=[ckpt], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Toy([0.5]))
+    missing = [w for w in caught if "could not find the monitored key" in str(w.message)]
+    assert bool(missing) == warns
+    assert ckpt.best_model_path == "" and not (tmp_path / "best.ckpt").exists()
+    assert _step(tmp_path / "last.ckpt") == STEPS_PER_EPOCH // 2
