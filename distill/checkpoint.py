@@ -140,6 +140,20 @@ class ResumableCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+def restart_ranking(trainer: L.Trainer) -> None:
+    """Forget every best checkpoint the trainer's checkpoint callbacks have ranked so far (and remove their
+    files, rank 0): the next validation is saved as the new best. For a callback that changes the model in a
+    way earlier checkpoints do not have (magnitude pruning reaching its target sparsity), so that an earlier,
+    better-scoring checkpoint is not the model shipped."""
+    for callback in getattr(trainer, "checkpoint_callbacks", []):
+        if getattr(callback, "monitor", None) is None or not hasattr(callback, "best_k_models"):
+            continue
+        for path in list(callback.best_k_models):
+            trainer.strategy.remove_checkpoint(path)
+        callback.best_k_models, callback.best_model_score = {}, None
+        callback.best_model_path = callback.kth_best_model_path = ""
+
+
 class RNGState(L.Callback):
     """Keep the random generators' states in every checkpoint and restore them on resume.
 

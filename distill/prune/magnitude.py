@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from distill.checkpoint import restart_ranking
 from distill.errors import ConfigError
 from distill.prune.input_stats import InputStats
 from distill.prune.patterns import check_divisible, parse_pattern, semi_structured_masks
@@ -125,17 +126,6 @@ class MagnitudePruning(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.current = float(state_dict.get("current", 0.0))
 
-    def _target_reached(self, trainer: L.Trainer) -> None:
-        """Checkpoints ranked before the target sparsity no longer compete for the best one: a 49.8%-sparse
-        epoch scoring higher would otherwise be the student shipped for 50%."""
-        for callback in getattr(trainer, "checkpoint_callbacks", []):
-            if getattr(callback, "monitor", None) is None or not hasattr(callback, "best_k_models"):
-                continue
-            for path in list(callback.best_k_models):
-                trainer.strategy.remove_checkpoint(path)
-            callback.best_k_models, callback.best_model_score = {}, None
-            callback.best_model_path = callback.kth_best_model_path = ""
-
     @torch.no_grad()
     def prune_to(self, model: nn.Module, amount: float) -> None:
         """Zero the ``amount`` lowest-scoring weights (global or per layer, unstructured or among the ``N:M``
@@ -143,8 +133,10 @@ class MagnitudePruning(L.Callback):
         root-mean-square since the last update (pruned weights score 0, so they stay pruned); with
         ``reconstruct`` the kept weights are then refitted to the dense outputs on those inputs."""
         modules = prunable_linears(model)
-        plain = self.stats is None or self.criterion == "magnitude"
-        scores = [m.weight.detach().abs() for m in modules] if plain else self.stats.scores(modules)
+        if self.criterion == "wanda":
+            scores = self.stats.scores(modules)
+        else:
+            scores = [m.weight.detach().abs() for m in modules]
         dense = [m.weight.detach().clone() for m in modules] if self.reconstruct else None
         if self.n_m is not None:
             self.check_student(model)
@@ -178,7 +170,7 @@ class MagnitudePruning(L.Callback):
         if amount > self.current and (step % self.frequency == 0 or amount >= self.target):
             self.prune_to(self._model(pl_module), amount)
             if self.current >= self.target:
-                self._target_reached(trainer)
+                restart_ranking(trainer)  # checkpoints ranked below the target sparsity stop competing
                 if self.stats is not None:  # no update left: stop recording (a Gram matrix a layer a step)
                     self.stats.detach()
         else:
@@ -188,7 +180,7 @@ class MagnitudePruning(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.target > self.current:  # a short run that never reached the end of the schedule
             self.prune_to(self._model(pl_module), self.target)
-            self._target_reached(trainer)  # no checkpoint holds this sparsity: the fit ends on these weights
+            restart_ranking(trainer)  # no checkpoint holds this sparsity: the fit ends on these weights
         self._apply()
         if self.stats is not None:
             self.stats.detach()
